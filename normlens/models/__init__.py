@@ -1,0 +1,18 @@
+"""The model zoo: normalized and norm-free GPT-style decoders as TransformerLens bridges."""
+from normlens.models.config import ACTIVATIONS, PLACEMENTS, ConfigError, ZooConfig
+from normlens.models.norms import (
+    NORM_KINDS,
+    DyT,
+    FrozenStdLayerNorm,
+    LayerNorm,
+    NoNorm,
+    RMSNorm,
+    build_norm,
+)
+from normlens.models.zoo import build_model, count_parameters, get_config, norm_modules
+
+__all__ = [
+    "ACTIVATIONS", "PLACEMENTS", "NORM_KINDS", "ConfigError", "ZooConfig", "DyT",
+    "FrozenStdLayerNorm", "LayerNorm", "NoNorm", "RMSNorm", "build_norm", "build_model",
+    "count_parameters", "get_config", "norm_modules",
+]
