@@ -122,9 +122,11 @@ class NoNorm(_Norm):
 class FrozenStdLayerNorm(_Norm):
     """LayerNorm whose per-token std is replaced by a stored average (the "fake LN").
 
-    Buffers: ``std`` (positions >= 1, or all positions when
-    ``separate_first_position`` is off), ``std_first`` (position 0), ``live``
-    (1 = still a real LayerNorm that tracks ``std`` in training mode).
+    Buffers: ``std`` (the divisor of positions >= 1, and of position 0 unless
+    ``separate_first_position``), ``std_first`` (position 0's own average),
+    ``live`` (still a real LayerNorm), ``live_first`` (position 0 still real
+    after the rest is frozen: the LN-removal papers treat the first position
+    last). Live positions track their average std in training mode.
     ``hook_scale`` fires with the divisor actually used, shape (..., 1).
     """
 
@@ -146,6 +148,7 @@ class FrozenStdLayerNorm(_Norm):
         self.register_buffer("std", torch.tensor(float(std)))
         self.register_buffer("std_first", torch.tensor(float(std)))
         self.register_buffer("live", torch.tensor(bool(live)))
+        self.register_buffer("live_first", torch.tensor(False))
         self.register_buffer("separate_first_position", torch.tensor(bool(separate_first_position)))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
@@ -154,43 +157,57 @@ class FrozenStdLayerNorm(_Norm):
     def is_live(self) -> bool:
         return bool(self.live)
 
-    def freeze(self, separate_first_position: bool | None = None) -> None:
-        """Stop dividing by the per-token std; divide by the tracked average from now on."""
+    @property
+    def divides_by_token_std(self) -> bool:
+        """True while any position is still normalized by its own std."""
+        return bool(self.live) or bool(self.live_first)
+
+    def freeze(self, keep_first_position_live: bool = False) -> None:
+        """Divide positions >= 1 by the tracked average std from now on.
+
+        With ``keep_first_position_live`` position 0 stays a real LayerNorm
+        (and keeps tracking ``std_first``) until :meth:`freeze_first_position`.
+        """
         self.live.fill_(False)
-        if separate_first_position is not None:
-            self.separate_first_position.fill_(bool(separate_first_position))
+        self.live_first.fill_(bool(keep_first_position_live))
+        self.separate_first_position.fill_(bool(keep_first_position_live))
 
-    def _track(self, token_std: torch.Tensor) -> None:
-        """EMA (momentum 0.9) of the mean per-token std; position 0 kept apart."""
-        with torch.no_grad():
-            token_std = token_std.detach().to(self.std.dtype)
-            if token_std.dim() >= 2 and token_std.shape[-2] > 1:
-                rest = token_std[..., 1:, :].mean()
-                first = token_std[..., :1, :].mean()
-            else:
-                rest = first = token_std.mean()
-            self.std.mul_(self.momentum).add_((1 - self.momentum) * rest)
-            self.std_first.mul_(self.momentum).add_((1 - self.momentum) * first)
+    def freeze_first_position(self) -> None:
+        """Divide position 0 by its own tracked average ``std_first``."""
+        self.live_first.fill_(False)
 
-    def _frozen_divisor(self, xf: torch.Tensor) -> torch.Tensor:
-        divisor = self.std.to(xf.dtype).expand(*xf.shape[:-1], 1)
-        if bool(self.separate_first_position) and xf.dim() >= 2:
-            divisor = divisor.clone()
-            divisor[..., :1, :] = self.std_first.to(xf.dtype)
-        return divisor
+    def _ema(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
+        buffer.mul_(self.momentum).add_((1 - self.momentum) * value.to(buffer.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = _upcast(x)
+        xf = _upcast(x)  # (..., pos, d_model)
         centred = xf - xf.mean(-1, keepdim=True)
+        token_std = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (..., pos, 1)
         if self.is_live:
-            divisor = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            divisor = token_std
             if self.training:
-                self._track(divisor)
+                with torch.no_grad():
+                    self._ema(self.std, token_std[..., 1:, :].mean() if _has_later_positions(xf)
+                              else token_std.mean())
+                    self._ema(self.std_first, token_std[..., :1, :].mean())
         else:
-            divisor = self._frozen_divisor(xf)
+            divisor = self.std.to(xf.dtype).expand_as(token_std)
+            if bool(self.separate_first_position) and xf.dim() >= 2:
+                if bool(self.live_first):
+                    first = token_std[..., :1, :]
+                    if self.training:
+                        with torch.no_grad():
+                            self._ema(self.std_first, first.mean())
+                else:
+                    first = self.std_first.to(xf.dtype).expand_as(token_std[..., :1, :])
+                divisor = torch.cat([first, divisor[..., 1:, :]], dim=-2)
         scale = self.hook_scale(divisor)
         normalized = self.hook_normalized(centred / scale)
         return self._finish(normalized * self.weight + self.bias, x.dtype)
+
+
+def _has_later_positions(x: torch.Tensor) -> bool:
+    return x.dim() >= 2 and x.shape[-2] > 1
 
 
 def build_norm(
