@@ -13,6 +13,11 @@ bridge exposes them as ``blocks.{l}.ln1.hook_scale`` and so on.
   token's own. While ``live`` it normalizes like LayerNorm and, in training,
   tracks sigma as an exponential moving average of the mean per-token std.
 
+On CUDA, LayerNorm, RMSNorm and DyT run the fused Triton kernels when they are
+switched on (``normlens.kernels.use_fused(True)`` or ``NORMLENS_FUSED=1``) and
+no hook needs a tensor the kernels do not produce (see
+``normlens.kernels.dispatch``); CPU inputs always take the torch code below.
+
 ``output_scale`` multiplies the output (LayerNorm Scaling, "The Curse of Depth
 in LLMs": 1/sqrt(layer index)); it is 1 everywhere else.
 """
@@ -21,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from transformer_lens.hook_points import HookPoint
+
+from normlens.kernels.dispatch import fused_forward
 
 NORM_KINDS = ("ln", "rms", "dyt", "none", "lnfree")
 
@@ -64,6 +71,10 @@ class LayerNorm(_Norm):
         self.hook_normalized = HookPoint()  # (..., d_model), before the affine step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
+            fused = fused_forward(self, x)
+            if fused is not None:
+                return fused
         xf = _upcast(x)
         centred = xf - xf.mean(-1, keepdim=True)
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -83,6 +94,10 @@ class RMSNorm(_Norm):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
+            fused = fused_forward(self, x)
+            if fused is not None:
+                return fused
         xf = _upcast(x)
         scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         normalized = self.hook_normalized(xf / scale)
@@ -105,6 +120,10 @@ class DyT(_Norm):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
+            fused = fused_forward(self, x)
+            if fused is not None:
+                return fused
         xf = _upcast(x)
         squashed = self.hook_normalized(torch.tanh(self.hook_pre_tanh(self.alpha * xf)))
         return self._finish(squashed * self.weight + self.bias, x.dtype)

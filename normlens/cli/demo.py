@@ -1,0 +1,33 @@
+"""`normlens demo`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from normlens.cli.common import run_or_exit
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
+
+
+def demo_command(
+    out: Path = typer.Option(Path("reports/demo.html"), help="where the report is written"),
+    steps: int = typer.Option(300, help="training steps per model"),
+    seed: int = typer.Option(0),
+    fresh: bool = typer.Option(False, help="retrain even if trained models are saved"),
+) -> None:
+    """Train the zoo (ln, rms, dyt, none, ln→lnfree) on the embedded corpus and write a report."""
+
+    def job() -> None:
+        import dataclasses
+
+        from normlens.demo import DemoConfig, run_demo
+
+        base = DemoConfig()
+        config = dataclasses.replace(base, out=out, seed=seed, fresh=fresh,
+                                     train=dataclasses.replace(base.train, steps=steps, seed=seed))
+        run_demo(config)
+
+    run_or_exit(job)

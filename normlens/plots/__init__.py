@@ -1,0 +1,1 @@
+"""Plots: ``plot_*(result, ax=None) -> Axes``; they take results, never models."""

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from normlens.data import (DataError, decode_bytes, encode_bytes, eval_windows, load_corpus,
+                           load_text_file, repeated_sequences, token_windows)
+from normlens.data.corpus import split_tokens
+
+
+def test_embedded_corpus_is_real_text_and_deterministic(embedded_splits):
+    from normlens.data import load_embedded
+
+    again = load_embedded(max_bytes=200_000)
+    assert torch.equal(embedded_splits.train, again.train)
+    assert torch.equal(embedded_splits.val, again.val)
+    text = decode_bytes(embedded_splits.train[:5000])
+    assert "def " in text and "the " in text
+    assert embedded_splits.vocab_size == 256
+    assert 0.05 < embedded_splits.val.numel() / (embedded_splits.train.numel() + embedded_splits.val.numel()) < 0.2
+
+
+def test_split_is_a_partition_fixed_by_seed():
+    tokens = torch.arange(10_000) % 256
+    a, b = split_tokens("t", tokens, seed=0, block=100), split_tokens("t", tokens, seed=1, block=100)
+    assert a.train.numel() + a.val.numel() == 10_000
+    assert not torch.equal(a.val, b.val)
+    assert torch.equal(a.val, split_tokens("t", tokens, seed=0, block=100).val)
+
+
+def test_byte_round_trip():
+    assert decode_bytes(encode_bytes("héllo")) == "héllo"
+
+
+def test_windows_shape_and_bounds(embedded_splits):
+    windows = eval_windows(embedded_splits, n_seq=5, n_ctx=33, seed=0)
+    assert windows.shape == (5, 33) and windows.dtype == torch.int64
+    assert torch.equal(windows, eval_windows(embedded_splits, n_seq=5, n_ctx=33, seed=0))
+
+
+def test_repeated_sequences_are_inductable():
+    tokens = repeated_sequences(3, 20, period=7, vocab_size=50, seed=0)
+    assert torch.equal(tokens[:, 7:], tokens[:, :-7])
+    assert int(tokens.max()) < 50
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("hello world. " * 100)
+    splits = load_corpus(str(path))
+    assert splits.name == "file:t.txt"
+
+
+@pytest.mark.parametrize("content,message", [(None, "does not exist"), ("", "is empty"), ("short", "at least 256")])
+def test_bad_data_names_the_fix(tmp_path, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_text_file(path)
+
+
+def test_window_longer_than_stream():
+    with pytest.raises(DataError, match="smaller n_ctx"):
+        token_windows(torch.arange(10), n_seq=1, n_ctx=64)

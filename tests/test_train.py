@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+import normlens.train as train_module
+from normlens.models import build_model
+from normlens.models.checkpoint import load_checkpoint, model_tensors
+from normlens.train import TrainConfig, train
+
+TINY = dict(n_layers=1, d_model=16, n_heads=2, n_ctx=16)
+
+
+def test_training_lowers_validation_loss(embedded_splits):
+    model = build_model(**TINY)
+    result = train(model, embedded_splits, TrainConfig(steps=40, eval_every=20, lr=1e-2), progress=False)
+    assert result.val_loss[-1] < result.val_loss[0] < math.log(256) + 0.5
+    assert not result.diverged and not model.training
+    assert len(result.steps) == 40 and result.val_steps == [20, 40]
+
+
+def test_schedule_warms_up_then_decays_to_floor():
+    config = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert config.lr_at(0) == pytest.approx(0.1)
+    assert config.lr_at(9) == pytest.approx(1.0)
+    assert config.lr_at(10) == pytest.approx(1.0)
+    assert config.lr_at(100) == pytest.approx(0.1)
+    lrs = [config.lr_at(s) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_divergence_is_recorded_not_raised(embedded_splits):
+    model = build_model(norm="none", **TINY)
+    with torch.no_grad():  # an overflowing weight: the loss becomes non-finite mid-run
+        model.blocks[0].mlp.out.original_component.weight.mul_(1e38)
+    result = train(model, embedded_splits, TrainConfig(steps=30, warmup_steps=0), progress=False)
+    assert result.diverged and result.diverged_step is not None and result.diverged_step < 30
+    assert not math.isfinite(result.train_loss[-1])
+    assert len(result.steps) == result.diverged_step + 1
+
+
+def test_interrupted_run_resumes_to_identical_weights(embedded_splits, tmp_path, monkeypatch):
+    config = TrainConfig(steps=12, eval_every=4, checkpoint_every=4)
+    reference = build_model(**TINY)
+    train(reference, embedded_splits, config, progress=False)
+
+    real_windows = train_module.token_windows
+    calls = {"n": 0}
+
+    def crash_after_ten(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1 + 10:  # one call for the validation windows, then one per step
+            raise KeyboardInterrupt
+        return real_windows(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "token_windows", crash_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(**TINY), embedded_splits, config, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "token_windows", real_windows)
+    resumed = build_model(**TINY)
+    result = train(resumed, embedded_splits, config, checkpoint_dir=tmp_path, progress=False)
+    assert result.steps == list(range(12))
+    for (name, a), b in zip(model_tensors(reference).items(), model_tensors(resumed).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    saved = load_checkpoint(tmp_path / "model")
+    tokens = torch.randint(0, 256, (2, 16))
+    assert torch.equal(saved(tokens), resumed(tokens))
+
+
+def test_resume_into_another_model_is_refused(embedded_splits, tmp_path):
+    config = TrainConfig(steps=4, checkpoint_every=2, eval_every=2)
+    train_module._save_state  # noqa: B018 (documented entry point)
+    model = build_model(**TINY)
+    train(model, embedded_splits, TrainConfig(steps=8, checkpoint_every=2, eval_every=2),
+          checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "train_result.json").unlink()
+    with pytest.raises(ValueError, match="written for another model"):
+        train(build_model(norm="dyt", **TINY), embedded_splits, config, checkpoint_dir=tmp_path,
+              progress=False)
