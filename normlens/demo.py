@@ -8,6 +8,7 @@ again with the same settings, so an interrupted demo loses nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import time
 import traceback
@@ -59,6 +60,11 @@ def analysis_sections() -> dict[str, SectionBuilder]:
     return {}
 
 
+def _as_json(value):
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
 def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, splits: TokenSplits,
                     folder: Path) -> tuple[torch.nn.Module, TrainResult]:
     result_path = folder / "train_result.json"
@@ -67,7 +73,7 @@ def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, spli
             saved = TrainResult.from_dict(read_json(result_path))
             model = load_checkpoint(folder / "model")
             if (model.normlens_config == model_config
-                    and saved.train_config == dataclasses.asdict(config.train)):
+                    and saved.train_config == _as_json(dataclasses.asdict(config.train))):
                 return model, saved
         except (CheckpointError, ValueError, TypeError):
             pass  # stale or damaged: train again
@@ -81,7 +87,7 @@ def _removal_or_reuse(ln_model, config: DemoConfig, splits: TokenSplits, folder:
     if not config.fresh and result_path.is_file():
         try:
             data = read_json(result_path)
-            if data.get("config") == dataclasses.asdict(config.removal):
+            if data.get("config") == _as_json(dataclasses.asdict(config.removal)):
                 result = LNRemovalResult(**{k: v for k, v in data.items() if k != "config"})
                 return load_checkpoint(folder / "model"), result
         except (CheckpointError, ValueError, TypeError):
