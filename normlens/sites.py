@@ -47,3 +47,81 @@ def attn_hook(layer: int, hook: str) -> str:
 def mlp_post(layer: int) -> str:
     """Input of the MLP's output projection: the activation after GELU/ReLU."""
     return f"blocks.{layer}.mlp.out.hook_in"
+
+
+# --- probes (issue 6) -------------------------------------------------------
+
+def block_in(layer: int) -> str:
+    """The block's input: the residual stream before block ``layer`` (alias of hook_resid_pre)."""
+    return resid_pre(layer)
+
+
+def block_out(layer: int) -> str:
+    """The block's output: the residual stream after block ``layer`` (alias of hook_resid_post)."""
+    return resid_post(layer)
+
+
+def attn_q(layer: int) -> str:
+    """Output of the query projection, (batch, pos, n_heads, d_head) or (batch, pos, n_heads*d_head)."""
+    return f"blocks.{layer}.attn.q.hook_out"
+
+
+def attn_k(layer: int) -> str:
+    """Output of the key projection, same layout as :func:`attn_q`."""
+    return f"blocks.{layer}.attn.k.hook_out"
+
+
+def attn_pattern(layer: int) -> str:
+    """The full (batch, head, query, key) attention pattern (the reference path)."""
+    return attn_hook(layer, "hook_pattern")
+
+
+def norm_in(slot: str) -> str:
+    return norm_hook(slot, "hook_in")
+
+
+def norm_out(slot: str) -> str:
+    return norm_hook(slot, "hook_out")
+
+
+def norm_scale(slot: str) -> str:
+    """The per-token divisor of LN/RMSNorm (sqrt(var + eps)), shape (batch, pos, 1)."""
+    return norm_hook(slot, "hook_scale")
+
+
+def module_input(path: str) -> str:
+    """Probe site for the first positional input of submodule ``path`` of a plain nn.Module."""
+    return f"{path}.hook_in" if path else "hook_in"
+
+
+def module_output(path: str) -> str:
+    """Probe site for the output of submodule ``path`` of a plain nn.Module."""
+    return f"{path}.hook_out" if path else "hook_out"
+
+
+def split_module_site(site: str) -> tuple[str, str]:
+    """Inverse of module_input/module_output: ("a.b.hook_in") -> ("a.b", "in")."""
+    for suffix, which in ((".hook_in", "in"), (".hook_out", "out")):
+        if site.endswith(suffix):
+            return site[: -len(suffix)], which
+    if site in ("hook_in", "hook_out"):
+        return "", site[5:]
+    raise ValueError(f"{site!r} is not a module site; expected '<module path>.hook_in' or '.hook_out'")
+
+
+def layer_of(site: str) -> int | None:
+    """The block index in a site name ("blocks.3.ln1.hook_scale" -> 3), None outside blocks."""
+    parts = site.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("blocks", "layers", "h") and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def mlp_post_sites(n_layers: int) -> list[str]:
+    return [mlp_post(layer) for layer in range(n_layers)]
+
+
+def residual_sites(n_layers: int) -> list[str]:
+    """Residual-stream points in depth order: resid_pre of each block, then the last resid_post."""
+    return [resid_pre(layer) for layer in range(n_layers)] + [resid_post(n_layers - 1)]

@@ -1,0 +1,166 @@
+"""Probes benchmark: time and peak-memory ratios measured side by side in one run.
+
+    python benchmarks/bench_probes.py [--quick]
+
+1. Forward with all activation-statistics probes attached vs a plain forward
+   (zoo model, 4 layers, width 256, 16 x 256 tokens, CPU, no_grad). Median of
+   several alternating runs. Target <= 1.3x.
+2. Context 1024 (4 x 1024 tokens): probes vs ``run_with_cache`` followed by the
+   same statistics computed from the cache. Time ratio (target <= 1) and
+   additional peak memory over a plain forward (target >= 10x less).
+3. Attention entropy from q and k at context 4096 (1 sequence, 4 heads, d_head
+   64): peak memory of the block-wise computation vs materializing the pattern
+   and reducing it (target <= 1/16), and the largest difference in entropy.
+
+Peak memory: each measurement runs in a fresh Python process (so no allocator
+cache is shared) that builds its inputs, records its peak resident set size
+(VmHWM in /proc/self/status, a high-water mark, reset to the current RSS
+by writing 5 to /proc/self/clear_refs just before), runs the operation once and
+records the peak again; the difference is the operation's peak
+additional memory. "Additional over a plain forward" subtracts the plain
+forward's own difference measured the same way.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import normlens  # noqa: E402
+from normlens.probes.attach import attach  # noqa: E402
+from normlens.probes.attention import attention_entropy, pattern_entropy  # noqa: E402
+from normlens.probes.stats import ActivationStatsProbe, default_stat_sites  # noqa: E402
+from normlens.probes.attach import model_info  # noqa: E402
+
+
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _model(n_ctx: int):
+    return normlens.build_model(norm="ln", n_layers=4, d_model=256, n_heads=4, n_ctx=n_ctx).eval()
+
+
+def _tokens(batch: int, n_ctx: int) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, n_ctx), generator=torch.Generator().manual_seed(0))
+
+
+def _stats_from_cache(model, tokens):
+    info, _ = model_info(model)
+    sites = default_stat_sites(info)
+    probe = ActivationStatsProbe()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        for site in sites:
+            probe.update(site, cache[site])
+    return probe
+
+
+def _with_probes(model, tokens):
+    probe = ActivationStatsProbe()
+    with attach(model, probe), torch.no_grad():
+        model(tokens)
+    return probe
+
+
+def _plain(model, tokens):
+    with torch.no_grad():
+        model(tokens)
+
+
+def child(mode: str) -> dict:
+    """One memory measurement in this (fresh) process."""
+    if mode.startswith("entropy"):
+        g = torch.Generator().manual_seed(0)
+        q, k = (torch.randn(1, 4096, 4, 64, generator=g) for _ in range(2))
+        _reset_peak()
+        before = _peak_kb()
+        if mode == "entropy_qk":
+            ent = attention_entropy(q, k, block_size=256).entropy
+        else:
+            s = torch.einsum("bqhd,bkhd->bhqk", q, k) / 8.0  # (1, 4, 4096, 4096)
+            s = s.masked_fill(torch.triu(torch.ones(4096, 4096, dtype=torch.bool), 1), float("-inf"))
+            ent = pattern_entropy(torch.softmax(s, -1)).entropy
+        after = _peak_kb()
+        torch.save(ent, "/tmp/_bench_probes_entropy_%s.pt" % mode)
+        return {"peak_mb": (after - before) / 1024}
+    model, tokens = _model(1024), _tokens(4, 1024)
+    _plain(model, tokens[:, :8])  # warm-up: the bridge registers its own hooks on first use
+    _reset_peak()
+    before = _peak_kb()
+    {"plain": _plain, "probes": _with_probes, "cache": _stats_from_cache}[mode](model, tokens)
+    return {"peak_mb": (_peak_kb() - before) / 1024}
+
+
+def _run_child(mode: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(quick: bool = False) -> None:
+    repeats = 3 if quick else 7
+    # 1. overhead at 16 x 256
+    model, tokens = _model(256), _tokens(16, 256)
+    _plain(model, tokens)
+    plain, probed = [], []
+    for _ in range(repeats):  # alternate so load from other processes hits both alike
+        plain.append(_median_time(lambda: _plain(model, tokens), 1))
+        probed.append(_median_time(lambda: _with_probes(model, tokens), 1))
+    t_plain, t_probe = statistics.median(plain), statistics.median(probed)
+    print(f"[1] forward with statistics probes / plain forward (16x256, 4L, d256): "
+          f"{t_probe / t_plain:.2f}x  ({t_probe * 1e3:.0f} ms vs {t_plain * 1e3:.0f} ms; target <= 1.3x)")
+
+    # 2. context 1024: time and memory vs run_with_cache + statistics from the cache
+    model, tokens = _model(1024), _tokens(4, 1024)
+    _plain(model, tokens[:, :8])
+    t_cache = statistics.median([_median_time(lambda: _stats_from_cache(model, tokens), 1) for _ in range(repeats)])
+    t_probe = statistics.median([_median_time(lambda: _with_probes(model, tokens), 1) for _ in range(repeats)])
+    mem = {mode: _run_child(mode)["peak_mb"] for mode in ("plain", "probes", "cache")}
+    extra_probe = max(mem["probes"] - mem["plain"], 0.0)
+    extra_cache = mem["cache"] - mem["plain"]
+    print(f"[2] context 1024 (4x1024): probes / (run_with_cache + stats) time: {t_probe / t_cache:.2f}x "
+          f"({t_probe * 1e3:.0f} ms vs {t_cache * 1e3:.0f} ms; target <= 1)")
+    print(f"    additional peak memory over a plain forward ({mem['plain']:.0f} MB): probes {extra_probe:.1f} MB, "
+          f"run_with_cache {extra_cache:.0f} MB -> {extra_cache / max(extra_probe, 1.0):.0f}x less "
+          f"(probe extra floored at 1 MB; target >= 10x)")
+
+    # 3. entropy at context 4096
+    qk, pat = _run_child("entropy_qk"), _run_child("entropy_pattern")
+    a = torch.load("/tmp/_bench_probes_entropy_entropy_qk.pt")
+    b = torch.load("/tmp/_bench_probes_entropy_entropy_pattern.pt")
+    print(f"[3] attention entropy at context 4096: peak memory q/k block-wise {qk['peak_mb']:.1f} MB vs pattern "
+          f"{pat['peak_mb']:.0f} MB -> ratio 1/{pat['peak_mb'] / max(qk['peak_mb'], 0.1):.0f} (target <= 1/16); "
+          f"max |dH| = {float((a - b).abs().max()):.2e}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        torch.set_num_threads(1)
+        print(json.dumps(child(sys.argv[2])))
+    else:
+        main(quick="--quick" in sys.argv)

@@ -1,0 +1,20 @@
+"""Probes: streaming activation statistics, attention entropy, layer effectiveness, linear probes."""
+from normlens.probes.attach import Attachment, Probe, ProbeError, attach, count_hooks, resolve_sites
+from normlens.probes.attention import (AttentionEntropyProbe, AttentionEntropyResult, PatternEntropyProbe,
+                                       attention_entropy, pattern_entropy)
+from normlens.probes.effectiveness import (EffectivenessResult, compute_angular_distances, compute_effectiveness,
+                                           compute_gradient_norms, compute_skip_losses)
+from normlens.probes.linear import LinearProbeResult, fit_linear_probes
+from normlens.probes.moments import Moments
+from normlens.probes.norm_probes import NormScaleProbe, SCurveProbe, SCurveResult, dyt_alphas, residual_growth
+from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult
+from normlens.probes.suite import ProbeSuiteResult, run_probe_suite
+
+__all__ = [
+    "Attachment", "Probe", "ProbeError", "attach", "count_hooks", "resolve_sites", "AttentionEntropyProbe",
+    "AttentionEntropyResult", "PatternEntropyProbe", "attention_entropy", "pattern_entropy",
+    "EffectivenessResult", "compute_angular_distances", "compute_effectiveness", "compute_gradient_norms",
+    "compute_skip_losses", "LinearProbeResult", "fit_linear_probes", "Moments", "NormScaleProbe", "SCurveProbe",
+    "SCurveResult", "dyt_alphas", "residual_growth", "ActivationStatsProbe", "ActivationStatsResult",
+    "ProbeSuiteResult", "run_probe_suite",
+]

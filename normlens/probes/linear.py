@@ -1,0 +1,162 @@
+"""Linear probes: how much of a label is linearly readable from each layer's activations.
+
+Activations are collected with hooks that keep only a seeded random subset of
+token positions, sized so that all kept activations fit in ``max_bytes``
+(float32); nothing else is stored. Each site gets a scikit-learn probe fitted on
+a seeded train split and scored on the held-out rest:
+
+* categorical labels (token identity, integer user labels): LogisticRegression
+  (``kind="logistic"``) or RidgeClassifier (``kind="ridge"``), score = accuracy;
+* continuous labels (position, float user labels): Ridge, score = R^2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from normlens import sites as S
+from normlens.probes.attach import ProbeError, model_info, resolve_sites
+from normlens.probes.results import load_frame, save_frame
+
+KINDS = ("logistic", "ridge")
+
+
+@dataclass(frozen=True)
+class LinearProbeResult:
+    """Held-out score per site; ``metric`` is "accuracy" or "r2"."""
+
+    frame: pd.DataFrame  # site, layer, score, metric, n_train, n_test, label, kind
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def save(self, folder: str | Path) -> Path:
+        return save_frame(self.frame, Path(folder) / "linear_probes.parquet")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LinearProbeResult":
+        return cls(load_frame(Path(folder) / "linear_probes.parquet"))
+
+
+def default_probe_sites(model: nn.Module) -> list[str]:
+    info, _ = model_info(model)
+    return S.residual_sites(info.n_layers) if info.n_layers and info.kind != "module" else [
+        S.module_output(p) for p in info.block_paths]
+
+
+def collect_activations(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], max_bytes: int,
+                        seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Activations (n_kept, d) per site at a seeded random subset of positions, and their flat indices."""
+    info, table = model_info(model)
+    sites = resolve_sites(list(sites), info.hook_names)
+    n_pos = tokens.numel()
+    gen = torch.Generator().manual_seed(seed)
+    kept: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    width: dict[str, int] = {}
+
+    def grab(site: str):
+        def hook(mod, args, out):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            width[site] = out.shape[-1]
+            kept[site].append(out.detach().reshape(n_pos, -1)[idx].float())
+        return hook
+
+    # Probe one token to learn the widths, then size the subset to the memory bound.
+    handles = []
+    idx = torch.zeros(1, dtype=torch.long)
+    for site in sites:
+        module, which = table[site]
+        if which == "in":
+            handles.append(module.register_forward_pre_hook(lambda m, a, s=site: grab(s)(m, a, a[0])))
+        else:
+            handles.append(module.register_forward_hook(grab(site)))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            n_pos = tokens[:1, :2].numel()
+            model(tokens[:1, :2])
+            per_token = 4 * sum(width.values())
+            n_keep = min(tokens.numel(), max(1, max_bytes // max(per_token, 1)))
+            idx = torch.randperm(tokens.numel(), generator=gen)[:n_keep].sort().values
+            n_pos = tokens.numel()
+            kept = {s: [] for s in sites}
+            model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    return {s: torch.cat(v).numpy() for s, v in kept.items()}, idx.numpy()
+
+
+def fit_linear_probes(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    labels: str | np.ndarray | torch.Tensor = "token",
+    *,
+    sites: Sequence[str] | None = None,
+    kind: str = "logistic",
+    test_fraction: float = 0.25,
+    max_bytes: int = 32 << 20,
+    seed: int = 0,
+    alpha: float = 1.0,
+    max_iter: int = 200,
+) -> LinearProbeResult:
+    """Fit one probe per site predicting ``labels`` and score it on a held-out split.
+
+    Args:
+        tokens: (batch, pos) int64.
+        labels: "token" (the token id at that position), "position", or a
+            (batch, pos) array of user labels (integers: classes; floats: regression).
+        sites: hook names or patterns; default the residual stream at every depth.
+        kind: "logistic" or "ridge" (for classes); regression always uses Ridge.
+        max_bytes: memory bound on the kept float32 activations (all sites together).
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+    from sklearn.model_selection import train_test_split
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    if not torch.is_tensor(tokens) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a (batch, pos) tensor, got {getattr(tokens, 'shape', type(tokens))}")
+    if isinstance(labels, str):
+        if labels == "token":
+            y_all, label_name = tokens.numpy(), "token"
+        elif labels == "position":
+            y_all = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.float64), tokens.shape)
+            label_name = "position"
+        else:
+            raise ValueError(f"labels must be 'token', 'position' or a (batch, pos) array, got {labels!r}")
+    else:
+        y_all = labels.numpy() if torch.is_tensor(labels) else np.asarray(labels)
+        label_name = "user"
+        if y_all.shape != tuple(tokens.shape):
+            raise ValueError(f"labels must have the tokens' shape {tuple(tokens.shape)}, got {y_all.shape}")
+    categorical = np.issubdtype(y_all.dtype, np.integer) or y_all.dtype == bool
+    sites = list(sites) if sites is not None else default_probe_sites(model)
+    acts, idx = collect_activations(model, tokens, sites, max_bytes, seed)
+    y = np.asarray(y_all).reshape(-1)[idx]
+    rows = []
+    for site, X in acts.items():
+        strat = None
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=strat)
+        if categorical:
+            est = (LogisticRegression(C=1.0 / alpha, max_iter=max_iter) if kind == "logistic"
+                   else RidgeClassifier(alpha=alpha))
+            metric = "accuracy"
+        else:
+            est, metric = Ridge(alpha=alpha), "r2"
+        if categorical and len(np.unique(y_tr)) < 2:
+            score = float(np.mean(y_te == y_tr[0]))
+        else:
+            est.fit(X_tr, y_tr)
+            score = float(est.score(X_te, y_te))
+        rows.append({"site": site, "layer": S.layer_of(site), "depth": sites.index(site) if site in sites else None,
+                     "score": score, "metric": metric, "n_train": len(y_tr), "n_test": len(y_te),
+                     "label": label_name, "kind": kind if categorical else "ridge"})
+    return LinearProbeResult(pd.DataFrame(rows))

@@ -1,0 +1,354 @@
+"""Streaming activation statistics at residual-stream points, norm input/output, MLP/attention output.
+
+For each site and for two position groups -- "body" (positions >= 1) and
+"first" (position 0, the BOS/first token, kept apart as in Sun et al. 2024 and
+the LN-removal work) -- the probe accumulates, in memory independent of the
+number of tokens:
+
+* per-channel count / mean / M2 / M3 / M4 (:class:`~normlens.probes.moments.Moments`,
+  float64, Chan/Pebay merge); the pooled mean, variance, skewness and excess
+  kurtosis of all entries follow exactly from them;
+* per-token RMS sqrt(mean_c x_c^2): its moments and maximum;
+* max |x| and the top-k |x| (exact: the top-k entries lie in the k tokens with
+  the largest max |x|, so only those rows are searched);
+* median |x| from a histogram of |x| with log-spaced bins -- the top 16 bits of
+  the float32 bit pattern (8 exponent bits, 7 mantissa bits), so each bin spans
+  a factor 2^(1/128) and the median is exact to 0.8 % relative; histograms add,
+  so the median merges exactly;
+* massive-activation ratio max |x| / median |x| (Sun et al. 2024);
+* the fraction of exact zeros (after ReLU: the MLP post-activation site);
+* NaN and inf counts and the number of tokens holding one. Non-finite entries
+  are excluded from every other statistic (not averaged in) and flagged.
+
+One tensor seen at two sites in the same forward (a Pre-LN block's input is
+also ln1's input) is reduced once.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from normlens import sites as S
+from normlens.probes.attach import BatchContext, ModelInfo, Probe
+from normlens.probes.moments import Moments
+from normlens.probes.results import load_arrays, load_frame, save_arrays, save_frame
+
+N_HIST_BINS = 1 << 15  # top 16 bits of a non-negative float32
+GROUPS = ("body", "first")
+CHUNK_ELEMENTS = 1 << 19  # entries reduced at once: temporaries stay under ~10 MB per site
+
+
+def abs_histogram(a: torch.Tensor) -> torch.Tensor:
+    """Counts of |x| (given as ``a`` >= 0) in 2^15 log-spaced bins, int64."""
+    bits = a.detach().float().contiguous().view(torch.int32) >> 16  # (n,) bin per entry
+    return torch.bincount(bits.reshape(-1), minlength=N_HIST_BINS)
+
+
+def _bin_edges(b: int) -> tuple[float, float]:
+    lo = torch.tensor([b << 16], dtype=torch.int32).view(torch.float32).item()
+    hi = torch.tensor([min((b + 1) << 16, 0x7F800000)], dtype=torch.int32).view(torch.float32).item()
+    return lo, hi
+
+
+def histogram_quantile(hist: np.ndarray | torch.Tensor, q: float = 0.5) -> float:
+    """The q-quantile of |x| from :func:`abs_histogram` counts (linear within a bin)."""
+    counts = np.asarray(hist, dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        return float("nan")
+    target = q * (total - 1)  # rank of the quantile, 0-based
+    cum = np.cumsum(counts)
+    b = int(np.searchsorted(cum, target, side="right"))
+    lo, hi = _bin_edges(b)
+    before = cum[b - 1] if b > 0 else 0.0
+    frac = (target - before + 0.5) / counts[b]
+    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+
+
+@dataclass
+class GroupStats:
+    """Accumulated statistics of one site and one position group (mutable; merge-able)."""
+
+    d: int
+    top_k: int
+    channel: Moments = None  # (d,)
+    token_rms: Moments = None  # ()
+    rms_max: float = 0.0
+    max_abs: float = 0.0
+    top: torch.Tensor = None  # (<= top_k,) float64, descending
+    hist: torch.Tensor = None  # (N_HIST_BINS,) int64
+    n_entries: int = 0  # all entries seen, finite or not
+    n_tokens: int = 0
+    zeros: int = 0
+    nan: int = 0
+    inf: int = 0
+    nonfinite_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.channel is None:
+            self.channel = Moments.empty((self.d,))
+            self.token_rms = Moments.empty(())
+            self.top = torch.zeros(0, dtype=torch.float64)
+            self.hist = torch.zeros(N_HIST_BINS, dtype=torch.int64)
+
+    @classmethod
+    def from_batch(cls, x: torch.Tensor, top_k: int) -> "GroupStats":
+        """Statistics of ``x`` (n_tokens, d)."""
+        n, d = x.shape
+        out = cls(d=d, top_k=top_k)
+        if n == 0:
+            return out
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        out.n_entries, out.n_tokens = n * d, n
+        valid = None
+        if not torch.isfinite(x.sum()):  # slow path only when something is NaN/inf (or overflows)
+            valid = torch.isfinite(x)  # (n, d)
+            nan = int(torch.isnan(x).sum())
+            out.nan, out.inf = nan, int((~valid).sum()) - nan
+            if out.nan + out.inf == 0:
+                valid = None  # the sum overflowed, nothing is non-finite
+        if valid is None:
+            xc = x
+            out.channel = Moments.from_batch(x)
+            rms = torch.linalg.vector_norm(x, dim=-1) / math.sqrt(d)  # (n,)
+        else:
+            xc = torch.where(valid, x, torch.zeros((), dtype=x.dtype))
+            out.channel = Moments.from_batch(x, valid)
+            good_tok = valid.all(-1)  # (n,)
+            out.nonfinite_tokens = int((~good_tok).sum())
+            rms = (torch.linalg.vector_norm(xc, dim=-1) / math.sqrt(d))[good_tok]
+        out.token_rms = Moments.from_batch(rms)
+        out.rms_max = float(rms.max()) if rms.numel() else 0.0
+        a = xc.abs()  # (n, d)
+        tok_max = a.amax(-1)  # (n,)
+        k = min(top_k, n)
+        rows = torch.topk(tok_max, k).indices  # the top-k entries live in these rows
+        out.top = torch.topk(a[rows].reshape(-1), min(top_k, k * d)).values.double()
+        out.max_abs = float(out.top[0]) if out.top.numel() else 0.0
+        out.hist = abs_histogram(a)
+        n_bad = out.nan + out.inf
+        if n_bad:
+            out.hist[0] -= n_bad  # non-finite entries were zeroed, not observed
+        out.zeros = n * d - int(torch.count_nonzero(xc)) - n_bad
+        return out
+
+    def merge(self, other: "GroupStats") -> "GroupStats":
+        if self.d != other.d:
+            raise ValueError(f"cannot merge statistics of width {self.d} and {other.d}")
+        top = torch.cat([self.top, other.top])
+        return GroupStats(
+            d=self.d, top_k=self.top_k,
+            channel=self.channel.merge(other.channel),
+            token_rms=self.token_rms.merge(other.token_rms),
+            rms_max=max(self.rms_max, other.rms_max),
+            max_abs=max(self.max_abs, other.max_abs),
+            top=torch.topk(top, min(self.top_k, top.numel())).values,
+            hist=self.hist + other.hist,
+            n_entries=self.n_entries + other.n_entries,
+            n_tokens=self.n_tokens + other.n_tokens,
+            zeros=self.zeros + other.zeros,
+            nan=self.nan + other.nan,
+            inf=self.inf + other.inf,
+            nonfinite_tokens=self.nonfinite_tokens + other.nonfinite_tokens,
+        )
+
+    def summary(self) -> dict[str, float]:
+        pooled = self.channel.pooled()
+        median = histogram_quantile(self.hist)
+        n_finite = self.n_entries - self.nan - self.inf
+        top = self.top.tolist() + [float("nan")] * (self.top_k - self.top.numel())
+        return {
+            "count": float(pooled.count), "mean": float(pooled.mean),
+            "variance": float(pooled.variance()), "skewness": float(pooled.skewness()),
+            "excess_kurtosis": float(pooled.excess_kurtosis()),
+            "rms_mean": float(self.token_rms.mean), "rms_std": float(self.token_rms.variance().sqrt()),
+            "rms_max": self.rms_max, "max_abs": self.max_abs, "median_abs": median,
+            "massive_ratio": self.max_abs / median if median > 0 else float("inf"),
+            "top2_abs": top[1] if self.top_k > 1 else float("nan"),
+            "top3_abs": top[2] if self.top_k > 2 else float("nan"),
+            "zero_fraction": self.zeros / n_finite if n_finite else float("nan"),
+            "n_tokens": self.n_tokens, "nan_count": self.nan, "inf_count": self.inf,
+            "nonfinite_tokens": self.nonfinite_tokens, "flagged": bool(self.nan or self.inf),
+        }
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        arrays = self.channel.to_arrays(prefix + "ch_") | self.token_rms.to_arrays(prefix + "rms_")
+        arrays |= {
+            prefix + "top": self.top.numpy(), prefix + "hist": self.hist.numpy(),
+            prefix + "scalars": np.array([self.d, self.top_k, self.rms_max, self.max_abs, self.n_entries,
+                                          self.n_tokens, self.zeros, self.nan, self.inf,
+                                          self.nonfinite_tokens], dtype=np.float64),
+        }
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "GroupStats":
+        s = arrays[prefix + "scalars"]
+        return cls(
+            d=int(s[0]), top_k=int(s[1]), channel=Moments.from_arrays(arrays, prefix + "ch_"),
+            token_rms=Moments.from_arrays(arrays, prefix + "rms_"), rms_max=float(s[2]),
+            max_abs=float(s[3]), top=torch.as_tensor(arrays[prefix + "top"], dtype=torch.float64),
+            hist=torch.as_tensor(arrays[prefix + "hist"], dtype=torch.int64), n_entries=int(s[4]),
+            n_tokens=int(s[5]), zeros=int(s[6]), nan=int(s[7]), inf=int(s[8]), nonfinite_tokens=int(s[9]),
+        )
+
+
+def _site_kind(site: str) -> str:
+    for kind, suffix in (("norm_scale", ".hook_scale"), ("attn_out", "hook_attn_out"),
+                         ("mlp_out", "hook_mlp_out"), ("mlp_post", "mlp.out.hook_in")):
+        if site.endswith(suffix):
+            return kind
+    if ".ln" in site or site.startswith("ln_final"):
+        return "norm_in" if site.endswith("hook_in") else "norm_out"
+    if "hook_resid" in site:
+        return "resid"
+    return "other"
+
+
+@dataclass(frozen=True)
+class ActivationStatsResult:
+    """Per-site, per-position-group statistics. ``stats[site][group]`` is a :class:`GroupStats`."""
+
+    sites: tuple[str, ...]
+    stats: dict = field(repr=False)
+
+    def get(self, site: str, group: str = "body") -> GroupStats:
+        return self.stats[site][group]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (site, group): layer, kind, moments, RMS, max/median, zeros, NaN/inf."""
+        rows = []
+        for site in self.sites:
+            for group, g in self.stats[site].items():
+                rows.append({"site": site, "layer": S.layer_of(site), "kind": _site_kind(site),
+                             "group": group, **g.summary()})
+        return pd.DataFrame(rows)
+
+    def channel_frame(self, site: str, group: str = "body") -> pd.DataFrame:
+        """Per-channel mean and variance of one site (outlier dimensions)."""
+        ch = self.stats[site][group].channel
+        return pd.DataFrame({"channel": np.arange(ch.mean.numel()), "mean": ch.mean.numpy(),
+                             "variance": ch.variance().numpy(), "excess_kurtosis": ch.excess_kurtosis().numpy()})
+
+    def merge(self, other: "ActivationStatsResult") -> "ActivationStatsResult":
+        """Exact merge of results from disjoint data (other batches or processes)."""
+        if self.sites != other.sites:
+            raise ValueError(f"cannot merge results over different sites: {self.sites} vs {other.sites}")
+        return ActivationStatsResult(self.sites, {
+            s: {g: self.stats[s][g].merge(other.stats[s][g]) for g in self.stats[s]} for s in self.sites})
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        save_frame(self.to_frame(), folder / "activation_stats.parquet")
+        arrays = {}
+        for i, site in enumerate(self.sites):
+            for group, g in self.stats[site].items():
+                arrays |= g.to_arrays(f"{i}/{group}/")
+        arrays["sites"] = np.array(self.sites)
+        save_arrays(folder / "activation_stats.npz", arrays)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ActivationStatsResult":
+        arrays = load_arrays(Path(folder) / "activation_stats.npz")
+        sites = tuple(str(s) for s in arrays["sites"])
+        stats = {site: {g: GroupStats.from_arrays(arrays, f"{i}/{g}/") for g in GROUPS
+                        if f"{i}/{g}/scalars" in arrays} for i, site in enumerate(sites)}
+        return cls(sites, stats)
+
+
+def default_stat_sites(info: ModelInfo) -> list[str]:
+    """Residual stream, norm in/out, attention/MLP outputs and MLP post-activation, in depth order."""
+    if info.kind == "module":
+        names = []
+        for path in info.norm_paths:
+            names += [S.module_input(path), S.module_output(path)]
+        names += [S.module_output(path) for path in info.block_paths]
+        return info.existing(names)
+    names = []
+    for layer in range(info.n_layers or 0):
+        slots = (f"blocks.{layer}.ln1", f"blocks.{layer}.ln2")
+        names += [S.resid_pre(layer), S.norm_in(slots[0]), S.norm_out(slots[0]), S.attn_out(layer),
+                  S.resid_mid(layer), S.norm_in(slots[1]), S.norm_out(slots[1]), S.mlp_post(layer),
+                  S.mlp_out(layer)]
+    if info.n_layers:
+        names += [S.resid_post(info.n_layers - 1), S.norm_in("ln_final"), S.norm_out("ln_final")]
+    return info.existing(names)
+
+
+class ActivationStatsProbe(Probe):
+    """Streaming activation statistics (see the module docstring).
+
+    Args:
+        sites: hook names or glob patterns; default :func:`default_stat_sites`.
+        top_k: how many of the largest |x| to keep per site.
+        split_first: keep position 0 apart ("first") from positions >= 1 ("body");
+            needs (batch, pos, ...) activations. Off: everything is "body".
+    """
+
+    name = "activation_stats"
+
+    def __init__(self, sites: Sequence[str] | str | None = None, top_k: int = 8, split_first: bool = True):
+        super().__init__(sites)
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        self.top_k = top_k
+        self.split_first = split_first
+        self._acc: dict[str, dict[str, GroupStats]] = {}
+
+    def default_sites(self, info: ModelInfo) -> list[str]:
+        return default_stat_sites(info)
+
+    def reset(self) -> None:
+        self._acc = {}
+
+    def update(self, site: str, x: torch.Tensor) -> None:
+        """Add activations ``x`` (..., d) of ``site`` directly (no model needed)."""
+        self._merge(site, self._batch_stats(x))
+
+    def _batch_stats(self, x: torch.Tensor) -> dict[str, GroupStats]:
+        if x.dim() == 0:
+            x = x.reshape(1, 1)
+        if x.dim() == 1:
+            x = x[:, None]
+        d = x.shape[-1]
+        if self.split_first and x.dim() >= 3:
+            # (batch, pos, ..., d): position 0 apart from the rest
+            return {"body": self._chunked(x[:, 1:].reshape(-1, d)),
+                    "first": self._chunked(x[:, :1].reshape(-1, d))}
+        return {"body": self._chunked(x.reshape(-1, d))}
+
+    def _chunked(self, x: torch.Tensor) -> GroupStats:
+        """Rows in chunks of <= CHUNK_ELEMENTS entries, merged exactly: bounded temporaries."""
+        rows = max(1, CHUNK_ELEMENTS // max(x.shape[1], 1))
+        out = GroupStats.from_batch(x[:rows], self.top_k)
+        for start in range(rows, x.shape[0], rows):
+            out = out.merge(GroupStats.from_batch(x[start:start + rows], self.top_k))
+        return out
+
+    def _merge(self, site: str, batch: dict[str, GroupStats]) -> None:
+        acc = self._acc.get(site)
+        self._acc[site] = batch if acc is None else {g: acc[g].merge(batch[g]) for g in batch}
+
+    def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
+        key = (self.name, id(self), id(x))
+        memo = batch.shared.get(key)
+        if memo is not None and memo[0]() is x:  # the same tensor at another site
+            stats = memo[1]
+        else:
+            stats = self._batch_stats(x)
+            batch.shared[key] = (weakref.ref(x), stats)
+        self._merge(site, stats)
+
+    def result(self) -> ActivationStatsResult:
+        sites = tuple(s for s in (self.sites or list(self._acc)) if s in self._acc)
+        sites += tuple(s for s in self._acc if s not in sites)
+        return ActivationStatsResult(sites, {s: dict(self._acc[s]) for s in sites})

@@ -1,0 +1,38 @@
+import torch
+import typer
+from typer.testing import CliRunner
+
+import normlens
+from normlens.cli.probe import probe_model, register
+from normlens.probes.section import build_section
+from normlens.study import ZooStudy
+
+
+def test_probe_model_writes_data(tmp_path):
+    model = normlens.build_model(norm="rms", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval()
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    probe_model(model, tokens, tmp_path)
+    for name in ("activation_stats.parquet", "attention_heads.parquet", "s_curve.npz", "angular.parquet",
+                 "linear_probes.parquet", "entropy.png"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_cli_bad_spec_exits_2(tmp_path):
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # typer needs two commands to keep the verb name
+    result = CliRunner().invoke(app, ["probe", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+
+
+def test_section_shows_diverged(tmp_path):
+    models = {"ln": normlens.build_model(norm="ln", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval(),
+              "none": normlens.build_model(norm="none", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval()}
+    with torch.no_grad():
+        for p in models["none"].parameters():
+            p.fill_(float("nan"))
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    section = build_section(ZooStudy(models, tokens, tmp_path, diverged={"none"}))
+    assert any("none" in note and "diverged" in note for note in section.notes)
+    assert len(section.figures) == 6
+    assert (tmp_path / "probes" / "summary.parquet").exists()

@@ -1,0 +1,95 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import normlens
+from normlens import sites as S
+from normlens.losses import next_token_loss
+from normlens.probes.attach import attach
+from normlens.probes.effectiveness import (compute_angular_distances, compute_gradient_norms,
+                                           compute_skip_losses)
+from normlens.probes.linear import fit_linear_probes
+from normlens.probes.norm_probes import NormScaleProbe, SCurveProbe, dyt_alphas, residual_growth
+from normlens.probes.stats import ActivationStatsProbe
+
+
+def test_scale_and_s_curve(model64, tokens):
+    scale, curve = NormScaleProbe(), SCurveProbe(n_samples=50, seed=3)
+    _, cache = model64.run_with_cache(tokens)
+    with attach(model64, [scale, curve]):
+        model64(tokens[:2])
+        model64(tokens[2:])
+    site = S.norm_scale("blocks.1.ln1")
+    want = cache[site][:, 1:].reshape(-1)
+    row = scale.result().to_frame().set_index(["site", "group"]).loc[(site, "body")]
+    assert math.isclose(row["mean"], float(want.mean()), rel_tol=1e-10)
+    res = curve.result()
+    assert set(res.slots) == set(S.norm_slots(2))
+    xin = cache[S.norm_in("blocks.0.ln2")].reshape(-1)
+    xout = cache[S.norm_out("blocks.0.ln2")].reshape(-1)
+    pairs = dict(zip(xin.tolist(), xout.tolist()))
+    got_in, got_out = res.inputs["blocks.0.ln2"], res.outputs["blocks.0.ln2"]
+    assert len(got_in) == 50
+    assert all(pairs[a] == b for a, b in zip(got_in, got_out))  # each sample is a true (in, out) pair
+
+
+def test_dyt_alpha_and_residual_growth(tokens):
+    model = normlens.build_model(norm="dyt", n_layers=2, d_model=16, n_heads=2, dyt_alpha0=0.7).double()
+    frame = dyt_alphas(model)
+    assert len(frame) == 5 and np.allclose(frame.alpha, 0.7)
+    probe = ActivationStatsProbe()
+    with attach(model, probe):
+        model(tokens)
+    growth = residual_growth(probe.result())
+    _, cache = model.run_with_cache(tokens)
+    x = cache[S.resid_post(1)][:, 1:]
+    assert list(growth.depth) == [0, 1, 2]
+    assert math.isclose(growth.rms.iloc[2], float(x.pow(2).mean(-1).sqrt().mean()), rel_tol=1e-10)
+
+
+def test_effectiveness_against_naive(model64, tokens):
+    grads_before = [p.grad for p in model64.parameters()]
+    state = torch.random.get_rng_state()
+    ang = compute_angular_distances(model64, tokens, batch_size=2)
+    _, cache = model64.run_with_cache(tokens)
+    h0, h1 = cache[S.resid_pre(0)], cache[S.resid_post(0)]
+    cos = torch.nn.functional.cosine_similarity(h0, h1, dim=-1)
+    assert math.isclose(ang[0, 1], float((torch.arccos(cos) / math.pi).mean()), rel_tol=1e-9)
+    assert np.allclose(ang, ang.T) and (ang >= 0).all() and (ang <= 1).all()
+    base, delta = compute_skip_losses(model64, tokens)
+    assert math.isclose(base, float(next_token_loss(model64, tokens)), rel_tol=1e-12)
+    # skipping block 1 by hand: its output is its input
+    hook = model64.hook_dict[S.resid_post(1)].register_forward_hook(lambda m, a, out: cache[S.resid_pre(1)])
+    try:
+        skipped = float(next_token_loss(model64, tokens))
+    finally:
+        hook.remove()
+    assert math.isclose(delta[1], skipped - base, rel_tol=1e-9, abs_tol=1e-12)
+    grads = compute_gradient_norms(model64, tokens)
+    loss = next_token_loss(model64, tokens)
+    params = dict(model64.named_parameters())
+    name = next(n for n in params if "mlp" in n and n.endswith("weight"))
+    g = torch.autograd.grad(loss, params[name])[0]
+    row = grads[grads.param == name.replace("_original_component.", "")]
+    assert math.isclose(float(row.grad_norm.iloc[0]), float(g.norm()), rel_tol=1e-10)
+    assert set(grads.group) <= {"attn", "mlp", "norm", "embed", "unembed", "other"}
+    assert "embed" in set(grads.group) and "unembed" in set(grads.group)
+    assert [p.grad for p in model64.parameters()] == grads_before
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_linear_probes_seeded_and_bounded(model64):
+    tokens = torch.randint(0, 4, (6, 12), generator=torch.Generator().manual_seed(1))
+    a = fit_linear_probes(model64, tokens, "token", kind="ridge", max_bytes=200 * 4 * 48, seed=0)
+    b = fit_linear_probes(model64, tokens, "token", kind="ridge", max_bytes=200 * 4 * 48, seed=0)
+    assert a.frame.equals(b.frame)
+    assert (a.frame.n_train + a.frame.n_test == 72).all()  # 3 sites x 16 wide x 4 bytes x 72 <= bound
+    small = fit_linear_probes(model64, tokens, "position", max_bytes=3 * 16 * 4 * 20)
+    assert (small.frame.n_train + small.frame.n_test == 20).all() and (small.frame.metric == "r2").all()
+    assert a.frame.score.iloc[0] > 0.9  # token identity is readable from the embedding
+    with pytest.raises(ValueError, match="labels"):
+        fit_linear_probes(model64, tokens, "colour")
+    with pytest.raises(ValueError, match="kind"):
+        fit_linear_probes(model64, tokens, kind="svm")

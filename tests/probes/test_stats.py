@@ -1,0 +1,102 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from normlens import sites as S
+from normlens.probes.attach import attach
+from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult, histogram_quantile, abs_histogram
+
+
+def naive_summary(x):
+    x = x.double()
+    flat = x.reshape(-1)
+    mu = flat.mean()
+    d = flat - mu
+    m2 = (d**2).mean()
+    a = flat.abs()
+    rms = x.pow(2).mean(-1).sqrt().reshape(-1)
+    return {"mean": mu, "variance": m2, "skewness": (d**3).mean() / m2**1.5,
+            "excess_kurtosis": (d**4).mean() / m2**2 - 3, "rms_mean": rms.mean(), "rms_max": rms.max(),
+            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.median(),
+            "zero_fraction": (flat == 0).double().mean()}
+
+
+def test_probe_matches_naive_on_stored_activations(model64, tokens):
+    site_names = [S.resid_pre(1), S.norm_out("blocks.0.ln2"), S.mlp_post(0), S.attn_out(1)]
+    probe = ActivationStatsProbe(sites=site_names, top_k=4)
+    _, cache = model64.run_with_cache(tokens)
+    with attach(model64, probe):
+        model64(tokens)
+    frame = probe.result().to_frame().set_index(["site", "group"])
+    for site in site_names:
+        x = cache[site]
+        for group, part in (("body", x[:, 1:]), ("first", x[:, :1])):
+            want = naive_summary(part)
+            row = frame.loc[(site, group)]
+            for key, value in want.items():
+                tol = 0.01 if key == "median_abs" else 1e-9  # the median is a 2^(1/128)-bin histogram
+                assert math.isclose(row[key], float(value), rel_tol=tol, abs_tol=1e-12), (site, group, key)
+            ch = probe.result().get(site, group).channel
+            torch.testing.assert_close(ch.mean, part.reshape(-1, x.shape[-1]).mean(0), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(ch.variance(), part.reshape(-1, x.shape[-1]).var(0, unbiased=False),
+                                       rtol=1e-9, atol=1e-12)
+    assert frame.loc[(S.mlp_post(0), "body"), "zero_fraction"] > 0.2  # ReLU zeros are counted
+
+
+def test_merging_batches_equals_one_pass(model64, tokens):
+    one, parts = ActivationStatsProbe(top_k=3), ActivationStatsProbe(top_k=3)
+    with attach(model64, one):
+        model64(tokens)
+    with attach(model64, parts):
+        for row in range(tokens.shape[0]):
+            model64(tokens[row:row + 1])
+    a, b = one.result().to_frame(), parts.result().to_frame()
+    assert list(a.site) == list(b.site)
+    num = a.select_dtypes("number").columns
+    np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-9, atol=1e-12)
+    # and two separately accumulated results merge exactly too
+    half1, half2 = ActivationStatsProbe(top_k=3), ActivationStatsProbe(top_k=3)
+    with attach(model64, half1):
+        model64(tokens[:1])
+    with attach(model64, half2):
+        model64(tokens[1:])
+    c = half1.result().merge(half2.result()).to_frame()
+    np.testing.assert_allclose(a[num].to_numpy(float), c[num].to_numpy(float), rtol=1e-9, atol=1e-12)
+
+
+def test_nan_and_inf_are_counted_not_averaged():
+    probe = ActivationStatsProbe(sites=None, top_k=2)
+    x = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
+    x[0, 1, 2] = float("nan")
+    x[1, 2, 0] = float("inf")
+    probe.update("s", x)
+    row = probe.result().to_frame().set_index("group").loc["body"]
+    body = x[:, 1:].reshape(-1)
+    finite = body[torch.isfinite(body)]
+    assert row.nan_count == 1 and row.inf_count == 1 and row.flagged and row.nonfinite_tokens == 2
+    assert math.isclose(row["mean"], float(finite.mean()), rel_tol=1e-12)
+    assert math.isclose(row["variance"], float(finite.var(unbiased=False)), rel_tol=1e-12)
+    assert row.max_abs == float(finite.abs().max())
+    assert row.zero_fraction == 0.0
+    assert probe.result().to_frame().set_index("group").loc["first", "flagged"] == False  # noqa: E712
+
+
+def test_histogram_median_and_save_load(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(10001, generator=g) * 50
+    med = histogram_quantile(abs_histogram(a))
+    assert abs(med / float(a.median()) - 1) < 2 ** (-7)
+    probe = ActivationStatsProbe()
+    probe.update("s", torch.randn(2, 5, 3, generator=g))
+    res = probe.result()
+    res.save(tmp_path)
+    back = ActivationStatsResult.load(tmp_path)
+    np.testing.assert_allclose(back.to_frame().select_dtypes("number").to_numpy(float),
+                               res.to_frame().select_dtypes("number").to_numpy(float))
+
+
+def test_bad_top_k():
+    with pytest.raises(ValueError, match="top_k"):
+        ActivationStatsProbe(top_k=0)
