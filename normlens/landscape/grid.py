@@ -1,0 +1,300 @@
+"""Evaluate a loss surface on a grid, many points per forward pass.
+
+f(a, b) = L(θ + a·d₁ + b·d₂) for every cell of a grid whose coordinates
+contain 0 exactly, so f(0, 0) is the model's own loss. Points are evaluated in
+chunks with ``vmap`` over a functional call (parameters swapped, then restored) (a chunk of P points is
+one batched forward per batch of evaluation items), sized to a memory bound.
+The model is never modified: weights, grads, buffers and train/eval flags are
+as before the call (it runs in eval mode inside, restored afterwards).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import vmap
+
+from normlens.landscape import distributed as dd
+from normlens.landscape.directions import Directions
+from normlens.landscape.objective import Objective, check_eval_items, eval_mode, next_token_objective
+from normlens.landscape.params import (
+    Params,
+    fingerprint,
+    functional_forward,
+    parameter_slots,
+    parameters_of,
+    tensor_fingerprint,
+)
+from normlens.landscape.results import LandscapeResult
+from normlens.landscape.store import GridStore
+
+Range = tuple[float, float]
+SpanArg = Union[float, Range, Sequence[Range]]
+
+
+def axis_coordinates(lo: float, hi: float, resolution: int) -> np.ndarray:
+    """Coefficients from ``lo`` to ``hi`` that contain 0.0 exactly.
+
+    The interval is cut at 0 into two evenly spaced pieces whose point counts
+    are proportional to their lengths, rounding up: a symmetric span gives
+    ``resolution`` points for odd and ``resolution + 1`` for even resolution
+    (same spacing on both sides), never fewer than ``resolution``.
+
+    >>> axis_coordinates(-1, 1, 5).tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    >>> axis_coordinates(0, 1, 3).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"the span must be finite, got ({lo}, {hi})")
+    if hi - lo <= 0:
+        raise ValueError(f"the span must have positive width, got ({lo:g}, {hi:g}); use e.g. span=1.0")
+    if lo > 0 or hi < 0:
+        raise ValueError(f"the range ({lo:g}, {hi:g}) must contain 0 (the model itself)")
+    intervals = resolution - 1
+    n_neg = math.ceil(intervals * (-lo) / (hi - lo) - 1e-9) if lo < 0 else 0
+    n_pos = math.ceil(intervals * hi / (hi - lo) - 1e-9) if hi > 0 else 0
+    neg = np.linspace(lo, 0.0, n_neg + 1)[:-1] if n_neg else np.zeros(0)
+    pos = np.linspace(0.0, hi, n_pos + 1) if n_pos else np.zeros(1)
+    return np.concatenate([neg, pos])
+
+
+def resolve_ranges(span: SpanArg, n_axes: int) -> tuple[Range, ...]:
+    """``span`` as a float s (→ (−s, s) on every axis), one (lo, hi), or one (lo, hi) per axis."""
+    if isinstance(span, (int, float, np.floating, np.integer)) and not isinstance(span, bool):
+        s = float(span)
+        if not s > 0 or not math.isfinite(s):
+            raise ValueError(f"span must be a positive number, got {span!r}; e.g. span=1.0 for [-1, 1]")
+        return ((-s, s),) * n_axes
+    items = list(span)
+    if len(items) == 2 and all(isinstance(v, (int, float, np.floating, np.integer)) for v in items):
+        return ((float(items[0]), float(items[1])),) * n_axes
+    if len(items) != n_axes:
+        raise ValueError(f"got {len(items)} ranges for {n_axes} axes; pass one (lo, hi) per axis")
+    return tuple((float(lo), float(hi)) for lo, hi in items)
+
+
+def _default_name(model: nn.Module) -> str:
+    config = getattr(model, "normlens_config", None)
+    if config is not None:
+        return f"{config.norm}-{config.placement}"
+    return type(model).__name__
+
+
+class PointEvaluator:
+    """``points (P, n_axes) -> (loss (P,), accuracy (P,) or None)`` for one model and directions.
+
+    Only parameters that some direction moves are batched (``vmap`` in_dims 0);
+    the rest are the model's own tensors. Call inside ``torch.no_grad()`` and
+    :func:`eval_mode`.
+    """
+
+    def __init__(self, model: nn.Module, directions: Directions, eval_items: torch.Tensor,
+                 objective: Objective, items_per_batch: int, params: Optional[Params] = None):
+        self.model = model
+        self.objective = objective
+        self.eval_items = eval_items
+        self.items_per_batch = items_per_batch
+        params = params if params is not None else parameters_of(model)
+        self.theta = {n: params[n] for n in directions.names
+                      if any(bool((axis[n] != 0).any()) for axis in directions.axes)}
+        self.axes = [{n: axis[n].to(params[n].device) for n in self.theta} for axis in directions.axes]
+        self.with_accuracy: Optional[bool] = None
+        self._count: Optional[int] = None
+
+        slots = parameter_slots(model)
+
+        def sums(moving: Params, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            losses, correct = objective(functional_forward(model, slots, moving, batch), batch)
+            hits = correct.double().sum() if correct is not None else losses.new_zeros((), dtype=torch.float64)
+            return losses.double().sum(), hits
+
+        self._batched = vmap(sums, in_dims=(0, None))
+        self._sums = sums
+
+    def perturbed(self, points: torch.Tensor) -> Params:
+        """θ + Σ_k a_k·d_k for each of the P points: name -> (P, *shape)."""
+        out = {}
+        for n, theta in self.theta.items():
+            shift = 0
+            for k, axis in enumerate(self.axes):
+                coef = points[:, k].to(theta.dtype).view(-1, *([1] * theta.dim()))  # (P, 1, ..., 1)
+                shift = shift + coef * axis[n].unsqueeze(0)
+            out[n] = theta.unsqueeze(0) + shift  # (P, *shape)
+        return out
+
+    def count(self) -> int:
+        """Number of loss elements over the whole evaluation set (from one item)."""
+        if self._count is not None:
+            return self._count
+        losses, correct = self.objective(self.model(self.eval_items[:1]), self.eval_items[:1])
+        if self.with_accuracy is None:
+            self.with_accuracy = correct is not None
+        self._count = losses.numel() * self.eval_items.shape[0]
+        return self._count
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64))
+        moving = self.perturbed(pts)
+        total = torch.zeros(pts.shape[0], dtype=torch.float64)
+        hits = torch.zeros(pts.shape[0], dtype=torch.float64)
+        n = self.count()
+        for start in range(0, self.eval_items.shape[0], self.items_per_batch):
+            batch = self.eval_items[start:start + self.items_per_batch]
+            if moving:
+                loss_sum, hit_sum = self._batched(moving, batch)  # (P,), (P,)
+            else:  # nothing moves (e.g. all-zero directions): one forward, broadcast
+                loss_sum, hit_sum = self._sums({}, batch)
+            total += loss_sum.detach().double().cpu()
+            hits += hit_sum.detach().double().cpu()
+        loss = (total / n).numpy()
+        return loss, ((hits / n).numpy() if self.with_accuracy else None)
+
+
+def _auto_batching(model: nn.Module, evaluator: PointEvaluator, n_cells: int,
+                   memory_bytes: int) -> tuple[int, int]:
+    """(points per chunk, items per forward) that keep activations under ``memory_bytes``.
+
+    A rough bound: per (point, item), 8 × the output plus, for TransformerLens
+    configs, n_layers × n_ctx × (16·d_model + 2·d_mlp + 3·n_heads·n_ctx) elements;
+    per point, one copy of the moved parameters.
+    """
+    items = evaluator.eval_items
+    with torch.no_grad():
+        out = model(items[:1])
+    elt = max(out.element_size(), 4)
+    per_item = 8 * out.numel()
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and all(hasattr(cfg, a) for a in ("n_layers", "d_model", "n_heads")):
+        ctx = items.shape[1] if items.dim() > 1 else 1
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        per_item += cfg.n_layers * ctx * (16 * cfg.d_model + 2 * d_mlp + 3 * cfg.n_heads * ctx)
+    per_item *= elt
+    per_point_params = sum(t.numel() * t.element_size() for t in evaluator.theta.values())
+    n_items = items.shape[0]
+    items_per_batch = int(min(n_items, max(1, memory_bytes // (8 * per_item))))
+    points = int(memory_bytes // (items_per_batch * per_item + per_point_params + 1))
+    return int(min(max(points, 1), 64, n_cells)), items_per_batch
+
+
+def compute_landscape(
+    model: nn.Module,
+    directions: Directions,
+    eval_items: torch.Tensor,
+    *,
+    span: SpanArg = 1.0,
+    resolution: int = 21,
+    objective: Optional[Objective] = None,
+    points_per_batch: Optional[int] = None,
+    items_per_batch: Optional[int] = None,
+    memory_bytes: int = 1 << 27,
+    grid_file: Optional[str | Path] = None,
+    model_name: Optional[str] = None,
+    eval_name: str = "",
+    on_chunk: Optional[Callable[[int, int], None]] = None,
+) -> LandscapeResult:
+    """The loss surface of ``model`` over ``directions`` (1 or 2 axes).
+
+    Args:
+        model: any module mapping a batch of ``eval_items`` to outputs; left untouched.
+        directions: from :mod:`normlens.landscape.directions`; must fit ``model``.
+        eval_items: (n_items, ...) evaluation set, e.g. (n_seq, n_ctx) int64 tokens.
+        span: s for [−s, s] on every axis, one (lo, hi), or one (lo, hi) per axis;
+            each range must contain 0.
+        resolution: points per axis (≥ 2); see :func:`axis_coordinates`.
+        objective: (outputs, batch) -> (per-element loss, per-element correct or None);
+            default next-token cross-entropy and accuracy.
+        points_per_batch, items_per_batch: batching; by default from ``memory_bytes``, a bound
+            on the activations of one batched forward. The default (128 MiB) is also about the
+            fastest on CPU: larger chunks fall out of cache and get slower per point.
+        grid_file: .npz written after every chunk; an existing file made for the same
+            model, directions, evaluation set and grid is resumed (only missing chunks are
+            computed); one made for anything else is refused (GridMismatchError).
+        on_chunk: called as ``on_chunk(chunk, n_chunks)`` after each chunk this process computes.
+
+    Under ``torch.distributed`` (torchrun) the chunks are split across ranks and every
+    rank returns the full result.
+
+    Returns:
+        A :class:`LandscapeResult` with ``loss[i, j] = f(coords[0][i], coords[1][j])``.
+    """
+    objective = objective or next_token_objective
+    if not isinstance(directions, Directions):
+        raise TypeError(f"directions must be a Directions, got {type(directions).__name__}")
+    check_eval_items(eval_items)
+    params = parameters_of(model)
+    directions.check_fits(params)
+    ranges = resolve_ranges(span, directions.n_axes)
+    coords = tuple(axis_coordinates(lo, hi, resolution) for lo, hi in ranges)
+    mesh = np.meshgrid(*coords, indexing="ij")
+    points = np.stack([m.reshape(-1) for m in mesh], axis=1)  # (n_cells, n_axes), row-major cells
+    n_cells = points.shape[0]
+    device = next(iter(params.values())).device
+    eval_items = eval_items.to(device)
+
+    with torch.no_grad(), eval_mode(model):
+        evaluator = PointEvaluator(model, directions, eval_items, objective, items_per_batch or 1, params)
+        auto_points, auto_items = _auto_batching(model, evaluator, n_cells, memory_bytes)
+        evaluator.items_per_batch = int(items_per_batch or auto_items)
+        chunk_size = int(points_per_batch or auto_points)
+        if chunk_size < 1 or evaluator.items_per_batch < 1:
+            raise ValueError("points_per_batch and items_per_batch must be >= 1")
+        fp = {
+            "model": fingerprint(params),
+            "directions": directions.fingerprint(),
+            "eval_set": tensor_fingerprint(eval_items),
+            "grid": tensor_fingerprint(points),
+            "objective": getattr(objective, "__qualname__", repr(objective)),
+            "items_per_batch": str(evaluator.items_per_batch),
+        }
+        rank, size = dd.world()
+        path = Path(grid_file) if grid_file is not None else None
+        if rank == 0:
+            store = GridStore.open(path, fp, n_cells, chunk_size)
+            if size > 1:
+                dd.merge_shards(store)
+                store.save()
+                dd.remove_shards(path)
+        dd.barrier()
+        if rank != 0:
+            store = GridStore.open(path, fp, n_cells, chunk_size)
+        mine = dd.assign_chunks(store.missing_chunks(), rank, size)
+        own_path = dd.shard_path(path, rank) if (path is not None and size > 1) else path
+        for chunk in mine:
+            loss, acc = evaluator(points[store.chunk_cells(chunk)])
+            store.record(chunk, loss, acc, save=False)
+            store.save(own_path)
+            if on_chunk is not None:
+                on_chunk(int(chunk), store.n_chunks)
+        dd.gather_store(store)
+        if size > 1:
+            if rank == 0:
+                store.save()
+            dd.barrier()
+            if rank == 0:
+                dd.remove_shards(path)
+        with_accuracy = evaluator.with_accuracy
+        if with_accuracy is None:
+            evaluator.count()
+            with_accuracy = evaluator.with_accuracy
+
+    shape = tuple(len(c) for c in coords)
+    loss = store.loss.reshape(shape)
+    accuracy = store.accuracy.reshape(shape) if with_accuracy else None
+    origin = tuple(int(np.flatnonzero(c == 0.0)[0]) for c in coords)
+    info = {k: v for k, v in directions.info.items() if k != "model_fingerprint"}
+    return LandscapeResult(
+        coords=coords, loss=loss, accuracy=accuracy, center_loss=float(loss[origin]),
+        kind=directions.kind, normalization=directions.normalization, one_d=directions.one_d,
+        direction_norms=directions.norms(), seed=directions.seed,
+        model_name=model_name if model_name is not None else _default_name(model),
+        eval_name=eval_name, n_eval_items=int(eval_items.shape[0]),
+        fingerprint=":".join(fp[k][:16] for k in ("model", "directions", "eval_set", "grid")), info=info,
+    )

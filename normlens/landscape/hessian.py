@@ -1,0 +1,139 @@
+"""Hessian-vector products and top eigenpairs, local to the landscape package.
+
+Hv = ∇_θ (∇_θ L · v), by double backward through a functional call (parameters swapped in)
+on detached copies of the parameters, so the model's weights and ``.grad``
+are never touched. Top eigenpairs by Lanczos with full reorthogonalization
+(≥ 2k + 20 steps; without reorthogonalization ghost copies of the top
+eigenvalue appear).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from normlens.landscape.objective import Objective, eval_mode, next_token_objective
+from normlens.landscape.params import Params, flatten, functional_forward, parameter_slots, unflatten
+
+LossClosure = Callable[[Params], torch.Tensor]
+
+
+def loss_closure(model: nn.Module, eval_items: torch.Tensor, objective: Objective | None = None,
+                 items_per_batch: int | None = None) -> LossClosure:
+    """``params -> mean loss over eval_items`` (differentiable), evaluated with ``params``."""
+    objective = objective or next_token_objective
+    step = items_per_batch or eval_items.shape[0]
+    slots = parameter_slots(model)
+
+    def closure(params: Params) -> torch.Tensor:
+        total, count = 0.0, 0
+        for start in range(0, eval_items.shape[0], step):
+            batch = eval_items[start:start + step]
+            losses, _ = objective(functional_forward(model, slots, params, batch), batch)
+            total = total + losses.sum()
+            count += losses.numel()
+        return total / count
+
+    return closure
+
+
+class HessianVectorProduct:
+    """The operator v -> Hv at ``params`` for ``closure``; the gradient graph is built once.
+
+    Only ``names`` (default: all) are differentiated; vectors are dicts over those names.
+    Use inside ``eval_mode(model)``.
+    """
+
+    def __init__(self, closure: LossClosure, params: Params, names: Optional[list[str]] = None):
+        self.names = list(names or params)
+        self._leaves = {n: params[n].detach().clone().requires_grad_(n in self.names) for n in params}
+        inputs = [self._leaves[n] for n in self.names]
+        loss = closure(self._leaves)
+        self.loss = float(loss.detach())
+        self._grads = torch.autograd.grad(loss, inputs, create_graph=True)
+        self._inputs = inputs
+
+    def __call__(self, vector: Params) -> Params:
+        dot = sum((g * vector[n].to(g.dtype)).sum() for g, n in zip(self._grads, self.names))
+        hv = torch.autograd.grad(dot, self._inputs, retain_graph=True, allow_unused=True)
+        return {
+            n: (h.detach() if h is not None else torch.zeros_like(self._leaves[n]))
+            for n, h in zip(self.names, hv)
+        }
+
+
+def rayleigh_quotient(hvp: HessianVectorProduct, direction: Params) -> float:
+    """dᵀHd / dᵀd over ``hvp.names`` (float64 accumulation)."""
+    hd = hvp(direction)
+    num = sum(float((hd[n].double() * direction[n].double()).sum()) for n in hvp.names)
+    den = sum(float(direction[n].double().pow(2).sum()) for n in hvp.names)
+    if den == 0.0:
+        raise ValueError("the direction is zero on every parameter; dᵀHd/dᵀd is undefined")
+    return num / den
+
+
+def lanczos_top(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 2,
+                n_steps: int | None = None, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    """Top-``k`` (largest algebraic) eigenpairs of a symmetric operator on R^dim.
+
+    Lanczos with full reorthogonalization in float64, ``n_steps`` ≥ 2k + 20
+    (capped at ``dim``). Returns eigenvalues (k,) descending and eigenvectors (k, dim).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    m = min(dim, n_steps if n_steps is not None else max(2 * k + 20, 30))
+    if m < k:
+        raise ValueError(f"n_steps={m} is fewer than k={k} eigenpairs")
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(dim, generator=gen, dtype=torch.float64)
+    q /= q.norm()
+    basis = torch.zeros(m, dim, dtype=torch.float64)  # (m, dim) Lanczos vectors
+    alphas, betas = [], []
+    for j in range(m):
+        basis[j] = q
+        w = matvec(q).to(torch.float64)
+        alpha = float(w @ q)
+        alphas.append(alpha)
+        # full reorthogonalization against every earlier vector (twice, for stability)
+        for _ in range(2):
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta = float(w.norm())
+        if j == m - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
+            break
+        betas.append(beta)
+        q = w / beta
+    steps = len(alphas)
+    tri = np.diag(alphas) + np.diag(betas[: steps - 1], 1) + np.diag(betas[: steps - 1], -1)
+    values, vectors = np.linalg.eigh(tri)  # ascending
+    order = np.argsort(values)[::-1][:k]
+    ritz = torch.from_numpy(vectors[:, order].T.copy()) @ basis[:steps]  # (k, dim)
+    ritz = ritz / ritz.norm(dim=1, keepdim=True)
+    return values[order], ritz
+
+
+def top_hessian_eigenpairs(model: nn.Module, params: Params, eval_items: torch.Tensor, names: list[str],
+                           *, k: int = 2, n_steps: int | None = None, seed: int = 0,
+                           objective: Objective | None = None,
+                           items_per_batch: int | None = None) -> tuple[np.ndarray, list[Params]]:
+    """Top-``k`` eigenpairs of the loss Hessian restricted to the parameters ``names``.
+
+    Parameters outside ``names`` are held fixed (their eigenvector entries are zero).
+    """
+    closure = loss_closure(model, eval_items, objective, items_per_batch)
+    with eval_mode(model):
+        hvp = HessianVectorProduct(closure, params, names)
+        like = {n: params[n] for n in names}
+
+        def matvec(vector: torch.Tensor) -> torch.Tensor:
+            return flatten(hvp(unflatten(vector, like, names)), names).double()
+
+        dim = sum(params[n].numel() for n in names)
+        values, vectors = lanczos_top(matvec, dim, k=k, n_steps=n_steps, seed=seed)
+    eigvecs = []
+    for row in vectors:
+        vec = {n: torch.zeros_like(params[n]) for n in params}
+        vec.update(unflatten(row, like, names))
+        eigvecs.append(vec)
+    return values, eigvecs

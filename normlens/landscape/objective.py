@@ -1,0 +1,59 @@
+"""What a landscape measures at a point: a loss (and optionally accuracy) over an evaluation set.
+
+An objective maps the model's output on a batch of evaluation items, and the
+batch itself, to per-element losses and per-element correctness (or None). The
+surface value is the mean over every element of the whole evaluation set, so
+it does not depend on how the set is cut into batches.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# (outputs, batch) -> (per-element losses, per-element correct in {0, 1} or None)
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def next_token_objective(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy and top-1 accuracy, as :func:`normlens.losses.next_token_loss`.
+
+    logits: (batch, pos, d_vocab); tokens: (batch, pos) int64. Half-precision
+    logits are upcast to float32; float64 stays float64 (for exact tests).
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    targets = tokens[:, 1:]  # (batch, pos - 1)
+    shifted = logits[:, :-1]  # (batch, pos - 1, d_vocab)
+    losses = F.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    correct = (shifted.argmax(-1) == targets).to(losses.dtype)
+    return losses, correct
+
+
+def check_eval_items(items: torch.Tensor) -> torch.Tensor:
+    """The evaluation set: a non-empty tensor whose first dimension indexes items."""
+    if not isinstance(items, torch.Tensor):
+        raise TypeError(f"the evaluation set must be a tensor, got {type(items).__name__}")
+    if items.dim() == 0 or items.shape[0] == 0:
+        raise ValueError(
+            f"the evaluation set is empty (shape {tuple(items.shape)}); "
+            "pass at least one item, e.g. tokens of shape (n_seq, n_ctx) with n_seq >= 1"
+        )
+    return items
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag

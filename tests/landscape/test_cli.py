@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from _models import tiny_zoo, zoo_tokens
+from normlens.cli.landscape import register, run_landscape
+from normlens.landscape import Directions, LandscapeResult
+
+
+@pytest.fixture
+def app(monkeypatch):
+    import normlens.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda spec, **kw: tiny_zoo("ln", seed=0 if spec == "a" else 1, d_vocab=256 if spec != "small" else 32))
+    cli = typer.Typer()
+    register(cli)
+
+    @cli.command("noop")
+    def noop() -> None:  # a second command keeps typer from collapsing to a single command
+        pass
+
+    return cli
+
+
+def test_run_landscape_writes_surface_metrics_directions_and_plots(tmp_path):
+    model = tiny_zoo("rms")
+    out = run_landscape(model, zoo_tokens(), tmp_path, resolution=3, span=0.5, log_scale=True)
+    result = LandscapeResult.load(out / "landscape.npz")
+    assert result.loss.shape == (3, 3) and result.ranges == ((-0.5, 0.5), (-0.5, 0.5))
+    Directions.load(out / "directions.safetensors").check_fits(model)
+    for name in ("metrics.json", "landscape_2d.png", "landscape_3d.png", "grid.npz"):
+        assert (out / name).exists()
+
+
+def test_interpolation_axis_defaults_to_a_range_past_both_ends(tmp_path):
+    out = run_landscape(tiny_zoo("ln"), zoo_tokens(), tmp_path, axes="interpolate", other=tiny_zoo("ln", seed=1),
+                        resolution=7)
+    result = LandscapeResult.load(out / "landscape.npz")
+    assert result.ndim == 1 and result.ranges == ((-0.25, 1.25),) and 1.0 in result.coords[0]
+    assert (out / "landscape_1d.png").exists()
+
+
+def test_cli_command_runs_and_bad_input_exits_2(app, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["landscape", "a", "--out", str(tmp_path / "o"), "--resolution", "3", "--n-seq", "2",
+                             "--n-ctx", "8", "--dims", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert LandscapeResult.load(tmp_path / "o" / "landscape.npz").loss.shape == (3,)
+    for args, needle in [(["--span", "0"], "span"), (["--resolution", "1"], "resolution"),
+                         (["--n-seq", "0"], "evaluation set is empty"), (["--axes", "diagonal"], "--axes must be"),
+                         (["--range", "1,2"], "must contain 0"), (["--axes", "interpolate"], "--other")]:
+        bad = runner.invoke(app, ["landscape", "a", "--out", str(tmp_path / "b"), "--n-ctx", "8", "--n-seq", "2",
+                                  "--resolution", "3", *args])
+        assert bad.exit_code == 2, (args, bad.output)
+        assert needle in bad.output and "Traceback" not in bad.output
+    small = runner.invoke(app, ["landscape", "small", "--out", str(tmp_path / "s"), "--n-ctx", "8", "--n-seq", "2"])
+    assert small.exit_code == 2 and "vocabulary" in small.output
+    # the grid file of run "o" was made for other directions: refused, not mixed
+    clash = runner.invoke(app, ["landscape", "a", "--out", str(tmp_path / "o"), "--resolution", "3", "--n-seq", "2",
+                                "--n-ctx", "8", "--dims", "1", "--seed", "5"])
+    assert clash.exit_code == 2 and "different inputs" in clash.output
