@@ -1,0 +1,198 @@
+"""Loss-landscape benchmark: ratios measured side by side in one run.
+
+    python benchmarks/bench_landscape.py [--quick] [--threads N]
+
+1. A 21 × 21 filter-normalized random plane (span [−1, 1], 1-D parameters
+   zeroed) of a zoo model (LayerNorm, 2 layers, d_model 64, ~137k parameters)
+   over 8 × 64 held-out tokens: normlens (vmap-batched) vs loss-landscapes
+   3.0.6 ``random_plane(..., steps=21, normalization="filter")`` on the same
+   model and data. Median of alternating runs. Target ≥ 4×. Also printed: each
+   tool's centre value against the model's own loss. Repeated (1b) with one
+   64-token sequence, where per-point overhead rather than the model's
+   arithmetic dominates.
+2. The same kind of plane on a larger grid (≥ 20 s on one rank) launched with
+   ``torchrun --nproc_per_node 2`` vs ``--nproc_per_node 1`` (gloo, CPU), every
+   rank with the same number of threads. Timed inside the workers from a
+   barrier before the grid to a barrier after it (process start-up and imports
+   excluded, and reported separately). Target ≥ 1.7×. The two surfaces are
+   checked to be identical.
+
+loss-landscapes is a benchmark-only dependency:
+``pip install loss-landscapes==3.0.6``. On a shared machine, timings vary with
+the other load; every timing is a median of alternating repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def zoo_model_and_tokens(n_seq: int):
+    import normlens
+    from normlens.data import eval_windows, load_embedded
+
+    model = normlens.build_model(norm="ln", n_layers=2, d_model=64, n_heads=4, n_ctx=64, d_vocab=256, seed=0).eval()
+    # loss-landscapes divides by the norm of each 1-D parameter and crashes on the zero biases of a
+    # fresh model (ZeroDivisionError), so give the 1-D parameters small seeded values, as training would
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() <= 1:
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    tokens = eval_windows(load_embedded(), n_seq=n_seq, n_ctx=64, seed=0)
+    return model, tokens
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (the loss both tools evaluate)."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def normlens_plane(model, tokens, steps: int):
+    from normlens.landscape import compute_landscape, random_directions
+
+    directions = random_directions(model, 2, normalization="filter", one_d="zero", seed=0)
+    return compute_landscape(model, directions, tokens, span=1.0, resolution=steps)
+
+
+def loss_landscapes_plane(model, tokens, steps: int):
+    from loss_landscapes import random_plane
+    from loss_landscapes.metrics import Loss
+
+    metric = Loss(lm_loss, tokens, tokens)
+    # deepcopy_model=True: the library otherwise leaves the model's weights perturbed
+    return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
+
+
+def median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
+    try:
+        import loss_landscapes  # noqa: F401
+    except ImportError:
+        print(f"{label} loss-landscapes is not installed: pip install loss-landscapes==3.0.6 (skipped)")
+        return
+    model, tokens = zoo_model_and_tokens(n_seq)
+    baseline_model = copy.deepcopy(model)
+    with torch.no_grad():
+        own_loss = float(lm_loss(model(tokens), tokens))
+    normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
+    loss_landscapes_plane(baseline_model, tokens, 3)
+    ours, theirs = [], []
+    for _ in range(repeats):  # alternate so both see the same background load
+        ours.append(median_time(lambda: normlens_plane(model, tokens, 21), 1)[0])
+        theirs.append(median_time(lambda: loss_landscapes_plane(baseline_model, tokens, 21), 1)[0])
+    ours_result = normlens_plane(model, tokens, 21)
+    theirs_surface = loss_landscapes_plane(baseline_model, tokens, 21)
+    t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
+    print(f"{label} 21×21 filter-normalized plane, zoo LN model (2 layers, d_model 64, "
+          f"{sum(p.numel() for p in model.parameters())} params), {n_seq}×64 tokens, "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"   normlens        median {t_ours:7.3f} s   runs {[round(t, 3) for t in ours]}")
+    print(f"   loss-landscapes median {t_theirs:7.3f} s   runs {[round(t, 3) for t in theirs]}")
+    print(f"   speed-up normlens vs loss-landscapes: {t_theirs / t_ours:.2f}x (target >= 4x)")
+    print(f"   model's own loss {own_loss:.6f}; normlens f(0,0) {ours_result.center_loss:.6f} "
+          f"(|diff| {abs(ours_result.center_loss - own_loss):.1e}); loss-landscapes centre cell "
+          f"{theirs_surface[10, 10]:.6f} (|diff| {abs(theirs_surface[10, 10] - own_loss):.1e})")
+
+
+def worker(args) -> None:
+    """One torchrun rank: time a plane between two barriers; rank 0 writes the result."""
+    torch.set_num_threads(args.threads)
+    from normlens.landscape.distributed import barrier, init_from_env, world
+
+    init_from_env("gloo")
+    model, tokens = zoo_model_and_tokens(args.n_seq)
+    barrier()
+    start = time.perf_counter()
+    result = normlens_plane(model, tokens, args.resolution)
+    barrier()
+    seconds = time.perf_counter() - start
+    if world()[0] == 0:
+        np.save(args.out + ".npy", result.loss)
+        Path(args.out).write_text(json.dumps({"seconds": seconds, "world": world()[1]}))
+
+
+def launch(n_proc: int, resolution: int, n_seq: int, threads: int, out: str) -> tuple[float, float, np.ndarray]:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", f"--nproc_per_node={n_proc}", str(Path(__file__).resolve()),
+               "--worker", "--resolution", str(resolution), "--n-seq", str(n_seq),
+               "--threads", str(threads), "--out", out]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - start
+    data = json.loads(Path(out).read_text())
+    return data["seconds"], wall, np.load(out + ".npy")
+
+
+def bench_ranks(resolution: int, n_seq: int, threads: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        one, two, walls1, walls2 = [], [], [], []
+        surfaces = {}
+        for r in range(repeats):
+            s1, w1, surfaces[1] = launch(1, resolution, n_seq, threads, f"{tmp}/one{r}.json")
+            s2, w2, surfaces[2] = launch(2, resolution, n_seq, threads, f"{tmp}/two{r}.json")
+            one.append(s1), two.append(s2), walls1.append(w1), walls2.append(w2)
+    t1, t2 = statistics.median(one), statistics.median(two)
+    print(f"2. {resolution}×{resolution} plane, {n_seq}×64 tokens, torchrun gloo, "
+          f"{threads} thread(s) per rank")
+    print(f"   1 rank  grid time median {t1:7.2f} s  runs {[round(t, 2) for t in one]}  "
+          f"(launch wall incl. imports {statistics.median(walls1):.1f} s)")
+    print(f"   2 ranks grid time median {t2:7.2f} s  runs {[round(t, 2) for t in two]}  "
+          f"(launch wall incl. imports {statistics.median(walls2):.1f} s)")
+    print(f"   speed-up 2 ranks vs 1: {t1 / t2:.2f}x (target >= 1.7x); "
+          f"with start-up included {statistics.median(walls1) / statistics.median(walls2):.2f}x")
+    same = np.array_equal(surfaces[1], surfaces[2], equal_nan=True)
+    print(f"   surfaces identical: {same}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller distributed grid")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (per rank in part 2)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--resolution", type=int, default=35, help="grid resolution of part 2")
+    parser.add_argument("--n-seq", type=int, default=16, help="evaluation sequences of part 2")
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-plane", action="store_true", help="run part 2 only")
+    parser.add_argument("--skip-ranks", action="store_true", help="run part 1 only")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 5
+    if not args.skip_plane:
+        bench_plane(repeats, 8, "1.")
+        # the same with one sequence: per-point overhead dominates (the regime of the reference MLP)
+        bench_plane(repeats, 1, "1b.")
+    if not args.skip_ranks:
+        resolution = args.resolution
+        bench_ranks(resolution, args.n_seq, args.threads, 1 if args.quick else 3)
+
+
+if __name__ == "__main__":
+    main()
