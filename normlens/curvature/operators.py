@@ -1,0 +1,561 @@
+"""Hessian and Gauss-Newton products of a loss, as operators that only know ``@``.
+
+``HessianOperator(model, data) @ v`` returns H v for a flat vector v (or each
+column of an (n, m) matrix), where H is the Hessian of the (sample-weighted)
+average loss over ``data`` with respect to a chosen subset of parameters:
+
+    L(theta) = sum_b w_b L_b(theta) / sum_b w_b,     H v = sum_b w_b H_b v / sum_b w_b.
+
+Two ways to compute H_b v (both exact):
+
+* double backward:       H v = grad_theta (grad_theta L . v)   (Pearlmutter 1994)
+* forward-over-reverse:  H v = jvp(grad L, theta, v)           (torch.func)
+
+``method="auto"`` times both on the first batch and keeps the faster.
+
+``GGNOperator`` gives the generalized Gauss-Newton product G v = J^T H_z J v with
+J the Jacobian of the model outputs z and H_z the Hessian of the loss in z
+(Schraudolph 2002); for cross-entropy H_z is positive semi-definite, so G is.
+
+The model is never modified: products run through ``torch.func.functional_call``
+on detached copies of the parameters, in eval mode, with the RNG state restored.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp, vjp
+
+from normlens.curvature.hygiene import check_train_mode, eval_mode, rng_preserved
+from normlens.curvature.results import unflatten
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
+
+METHODS = ("auto", "double_backward", "forward_over_reverse")
+
+
+# ----------------------------------------------------------------- losses
+
+def lm_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Model outputs for next-token prediction: (batch, pos, d_vocab) logits."""
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.dim() != 2
+        or tokens.shape[1] < 2
+        or tokens.is_floating_point()
+    ):
+        got = (
+            f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor)
+            else type(tokens).__name__
+        )
+        raise ValueError(
+            f"the default language-model loss needs (batch, pos) int64 tokens with pos >= 2, "
+            f"got {got}; pass loss_fn=... for other data"
+        )
+    return model(tokens)
+
+
+def lm_loss_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, in the logits' dtype (half precision upcast to float32)."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    vocab = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+
+
+def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on (batch, pos) tokens (the default loss)."""
+    return lm_loss_from_logits(lm_logits(model, tokens), tokens)
+
+
+# ------------------------------------------------------- parameter subsets
+
+NORM_CLASS_HINTS = ("Norm", "DyT", "FrozenStd")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter: ``key`` for functional_call, ``name`` to show, every alias."""
+
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...]
+    in_norm: bool
+
+
+def _clean(name: str) -> str:
+    return name.replace("._original_component", "").replace("_original_component.", "")
+
+
+def _is_norm_module(module: nn.Module) -> bool:
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):
+        return True
+    return any(hint in type(module).__name__ for hint in NORM_CLASS_HINTS)
+
+
+def describe_parameters(model: nn.Module) -> list[ParamInfo]:
+    """Every trainable parameter once, with readable names.
+
+    TransformerLens bridges wrap modules as ``_original_component``; the shown
+    name drops that, giving e.g. ``blocks.0.attn.q.weight``. A pattern matches
+    if it matches any alias of the parameter.
+    """
+    aliases: dict[int, list[str]] = {}
+    in_norm: dict[int, bool] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            aliases.setdefault(id(param), [])
+            if _clean(full) not in aliases[id(param)]:
+                aliases[id(param)].append(_clean(full))
+            in_norm[id(param)] = in_norm.get(id(param), False) or _is_norm_module(module)
+    infos = []
+    for key, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        names = aliases.get(id(param), [])
+        cleaned = _clean(key)
+        if cleaned not in names:
+            names.append(cleaned)
+        infos.append(
+            ParamInfo(key, names[0], tuple(names), tuple(param.shape), in_norm.get(id(param), False))
+        )
+    return infos
+
+
+def _preset(name: str) -> Callable[[ParamInfo], bool] | None:
+    presets: dict[str, Callable[[ParamInfo], bool]] = {
+        "all": lambda info: True,
+        "norms": lambda info: info.in_norm,
+        "weights": lambda info: len(info.shape) >= 2,
+        "attn": lambda info: any(re.search(r"(^|\.)attn\.", a) for a in info.aliases),
+        "mlp": lambda info: any(re.search(r"(^|\.)mlp\.", a) for a in info.aliases),
+    }
+    return presets.get(name)
+
+
+PRESETS = ("all", "norms", "weights", "attn", "mlp")
+
+
+def layer_pattern(layer: int) -> str:
+    """Regex selecting every parameter of block ``layer``."""
+    return rf"^blocks\.{layer}\."
+
+
+def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[ParamInfo]:
+    """The parameters a curvature operator differentiates with respect to.
+
+    Args:
+        params: None (all trainable), a preset ("all", "norms", "weights",
+            "attn", "mlp"), a regular expression searched in each parameter's
+            names (e.g. ``r"^blocks\\.0\\."``, see :func:`layer_pattern`), a list
+            of those (union), or a predicate ``f(name, parameter) -> bool``.
+    """
+    infos = describe_parameters(model)
+    if not infos:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    if params is None:
+        return infos
+    by_key = dict(model.named_parameters())
+    if callable(params):
+        chosen = [info for info in infos if params(info.name, by_key[info.key])]
+    else:
+        selectors = [params] if isinstance(params, str) else list(params)
+        if not selectors or not all(isinstance(s, str) for s in selectors):
+            raise TypeError(
+                f"params must be None, a string, a list of strings or a predicate, got {params!r}"
+            )
+        tests = []
+        for selector in selectors:
+            preset = _preset(selector)
+            if preset is None:
+                try:
+                    regex = re.compile(selector)
+                except re.error as err:
+                    raise ValueError(f"params pattern {selector!r} is not a valid regex: {err}") from None
+                preset = lambda info, regex=regex: any(regex.search(a) for a in info.aliases)  # noqa: E731
+            tests.append(preset)
+        chosen = [info for info in infos if any(test(info) for test in tests)]
+    if not chosen:
+        examples = ", ".join(info.name for info in infos[:6])
+        raise ValueError(
+            f"params={params!r} matches no trainable parameter of {type(model).__name__}; "
+            f"presets are {PRESETS}, names look like: {examples}, ..."
+        )
+    return chosen
+
+
+# -------------------------------------------------------------- batches
+
+def _as_batches(data: Any) -> list[Batch]:
+    """One batch (a tensor, tuple or dict) or a list/loader of batches -> a list.
+
+    A loader is read once and kept, so every product sees the same batches
+    (a shuffling loader would otherwise change the matrix between products).
+    """
+    if isinstance(data, (torch.Tensor, tuple, dict)):
+        return [data]
+    if isinstance(data, Iterable):
+        batches = list(data)
+        if not batches:
+            raise ValueError("data holds no batches; pass a batch or a non-empty list/loader")
+        return batches
+    raise TypeError(
+        f"data must be a batch (tensor/tuple/dict) or an iterable of batches, got {type(data).__name__}"
+    )
+
+
+def _batch_size(batch: Batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (tuple, list)) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    raise ValueError(f"cannot tell the size of a batch of type {type(batch).__name__}; pass weights=")
+
+
+def _batch_weights(batches: list[Batch], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [float(_batch_size(b)) for b in batches]
+    weights = [float(w) for w in weights]
+    if len(weights) != len(batches):
+        raise ValueError(f"got {len(weights)} weights for {len(batches)} batches; give one per batch")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    return weights
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss is NaN or inf (bad input: a diverged model or NaN data)."""
+
+
+class _LossModule(nn.Module):
+    """Wraps model + loss so functional_call can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Batch], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+# -------------------------------------------------------------- operators
+
+class CurvatureOperator:
+    """Shared plumbing: parameters, batches, weights, flattening, hygiene.
+
+    Subclasses implement ``_batch_products(batch, vectors) -> (m, n)``.
+    Attributes: ``shape`` (n, n), ``dtype``, ``device``, ``param_names``,
+    ``param_shapes``, ``num_matvecs`` (products so far, per vector).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        params: ParamSelector = None,
+        weights: Sequence[float] | None = None,
+        train_mode: str = "eval",
+    ):
+        check_train_mode(model, train_mode)
+        self.model = model
+        self.batches = _as_batches(data)
+        self.weights = _batch_weights(self.batches, weights)
+        self.selected = select_parameters(model, params)
+        by_key = dict(model.named_parameters())
+        self._selected_keys = [info.key for info in self.selected]
+        selected = set(self._selected_keys)
+        self._frozen = {
+            "model." + key: p.detach() for key, p in by_key.items() if key not in selected
+        }
+        self._theta = [by_key[key].detach() for key in self._selected_keys]
+        dtypes = {t.dtype for t in self._theta}
+        if len(dtypes) != 1:
+            raise TypeError(f"selected parameters mix dtypes {sorted(map(str, dtypes))}; cast the model first")
+        self.dtype = self._theta[0].dtype
+        self.device = self._theta[0].device
+        self.param_names = tuple(info.name for info in self.selected)
+        self.param_shapes = tuple(info.shape for info in self.selected)
+        self._sizes = [t.numel() for t in self._theta]
+        n = sum(self._sizes)
+        self.shape = (n, n)
+        self.num_matvecs = 0
+
+    # -- flat <-> parameter-shaped
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(n,) -> {parameter name: tensor of that parameter's shape}."""
+        return unflatten(vector, self.param_names, self.param_shapes)
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _split(self, vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(c.view(t.shape) for c, t in zip(vector.split(self._sizes), self._theta))
+
+    def _call(self, fn: Callable, theta: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
+        """fn(model with parameters ``theta``, batch), the other parameters frozen."""
+        overrides = dict(self._frozen)
+        overrides.update(("model." + key, t) for key, t in zip(self._selected_keys, theta))
+        return functional_call(_LossModule(self.model, fn), overrides, (batch,), strict=False)
+
+    @staticmethod
+    def _check_loss(loss: Any, index: int) -> None:
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
+        if loss.dim() != 0:
+            raise ValueError(
+                f"loss_fn must return a scalar (mean) loss, got shape {tuple(loss.shape)}; "
+                "reduce it with .mean() or reduction='mean'"
+            )
+        if not torch.isfinite(loss.detach()).item():
+            raise NonFiniteLossError(
+                f"the loss is {loss.item()} on batch {index}; the model or data hold NaN/inf "
+                "(a diverged model has no meaningful curvature)"
+            )
+
+    # -- products
+    def weighted_sum(self, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(sum_b w_b A_b V, sum_b w_b) for V (n,) or (n, m); the distributed building block."""
+        n = self.shape[0]
+        if not isinstance(vectors, torch.Tensor):
+            raise TypeError(f"an operator multiplies a torch.Tensor, got {type(vectors).__name__}")
+        if vectors.dim() not in (1, 2) or vectors.shape[0] != n:
+            raise ValueError(f"expected a vector of shape ({n},) or ({n}, m), got {tuple(vectors.shape)}")
+        columns = vectors.reshape(n, -1).T.to(self.dtype, copy=False)  # (m, n)
+        total = torch.zeros_like(columns)
+        with eval_mode(self.model), rng_preserved(self.device):
+            for index, (batch, weight) in enumerate(zip(self.batches, self.weights)):
+                if weight == 0:
+                    continue
+                total += weight * self._batch_products(batch, columns, index)
+        self.num_matvecs += columns.shape[0]
+        return total.T.reshape(vectors.shape), sum(self.weights)
+
+    def __matmul__(self, vectors: torch.Tensor) -> torch.Tensor:
+        total, weight = self.weighted_sum(vectors)
+        return total / weight
+
+    def matvec(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self @ vectors
+
+    def _batch_products(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={self.shape[0]}, params={len(self.param_names)}, "
+            f"batches={len(self.batches)}, dtype={self.dtype})"
+        )
+
+
+class HessianOperator(CurvatureOperator):
+    """Hessian-vector products of the weighted mean loss over ``data``.
+
+    Args:
+        model: any nn.Module; left unchanged.
+        data: one batch, or a list/loader of batches (read once and kept).
+        loss_fn: ``loss_fn(model, batch) -> scalar``; default: mean next-token
+            cross-entropy of (batch, pos) int64 tokens.
+        params: parameter subset, see :func:`select_parameters`.
+        weights: one weight per batch (default: batch sizes, i.e. the mean over samples).
+        method: "auto", "double_backward" or "forward_over_reverse".
+        train_mode: "eval" (switch dropout/BatchNorm off, warn) or "refuse".
+        keep_graph: keep the gradient's autograd graph between double-backward
+            products when ``data`` is one batch (default), so each product costs
+            one backward pass instead of forward + two backwards; ignored for
+            several batches.
+
+    >>> lin = nn.Linear(2, 1, bias=False)
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> op = HessianOperator(lin, x, loss_fn=lambda m, b: m(b).pow(2).sum() / 2,
+    ...                      method="double_backward")
+    >>> op @ torch.tensor([1.0, 1.0])   # H = x^T x = diag(1, 4)
+    tensor([1., 4.])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss_fn: LossFn | None = None,
+        *,
+        params: ParamSelector = None,
+        weights: Sequence[float] | None = None,
+        method: str = "auto",
+        train_mode: str = "eval",
+        keep_graph: bool | None = None,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
+        self.loss_fn = loss_fn or lm_loss
+        self.method = method
+        # One batch: keep the gradient's graph, so a product is one backward pass
+        # (the graph holds the activations; pass keep_graph=False to save memory).
+        self.keep_graph = len(self.batches) == 1 and (keep_graph is None or bool(keep_graph))
+        self._graph = None
+        with torch.no_grad(), eval_mode(model), rng_preserved(self.device):
+            self._check_loss(self._call(self.loss_fn, self._theta, self.batches[0]), 0)
+
+    def loss(self) -> float:
+        """The weighted mean loss over the data."""
+        with torch.no_grad(), eval_mode(self.model), rng_preserved(self.device):
+            values = [float(self._call(self.loss_fn, self._theta, b)) for b in self.batches]
+        return sum(w * v for w, v in zip(self.weights, values)) / sum(self.weights)
+
+    def gradient(self) -> torch.Tensor:
+        """The flat (n,) gradient of the weighted mean loss (the reference cost of the benchmark)."""
+        total = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        with eval_mode(self.model), rng_preserved(self.device):
+            for index, (batch, weight) in enumerate(zip(self.batches, self.weights)):
+                theta = [t.clone().requires_grad_(True) for t in self._theta]
+                loss = self._call(self.loss_fn, theta, batch)
+                self._check_loss(loss, index)
+                total += weight * self.flatten(torch.autograd.grad(loss, theta))
+        return total / sum(self.weights)
+
+    def _batch_products(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
+        if self.method == "auto":
+            self.method = self._pick_method(batch, columns[:1], index)
+        if self.method == "double_backward":
+            return self._double_backward(batch, columns, index)
+        return self._forward_over_reverse(batch, columns, index)
+
+    def _gradient_graph(self, batch: Batch, index: int) -> tuple[list[torch.Tensor], tuple]:
+        """(theta leaves, gradient with its graph); kept between products for a single batch."""
+        if self._graph is not None:
+            return self._graph
+        theta = [t.clone().requires_grad_(True) for t in self._theta]
+        loss = self._call(self.loss_fn, theta, batch)
+        self._check_loss(loss, index)
+        graph = (theta, torch.autograd.grad(loss, theta, create_graph=True))
+        if self.keep_graph:
+            self._graph = graph
+        return graph
+
+    def _double_backward(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
+        theta, grads = self._gradient_graph(batch, index)
+        out = torch.empty_like(columns)
+        for j, column in enumerate(columns):  # one backward per vector, graph reused
+            dot = sum((g * v).sum() for g, v in zip(grads, self._split(column)))
+            hv = torch.autograd.grad(
+                dot, theta, retain_graph=self.keep_graph or j + 1 < len(columns), allow_unused=True
+            )
+            out[j] = self.flatten([torch.zeros_like(t) if h is None else h for h, t in zip(hv, theta)])
+        return out
+
+    def _forward_over_reverse(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
+        def loss_of(theta: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = self._call(self.loss_fn, theta, batch)
+            return loss, loss.detach()
+
+        grad_fn = grad(loss_of, has_aux=True)
+        out = torch.empty_like(columns)
+        theta = tuple(self._theta)
+        for j, column in enumerate(columns):
+            _, hv, loss = jvp(grad_fn, (theta,), (self._split(column),), has_aux=True)
+            if j == 0:
+                self._check_loss(loss, index)
+            out[j] = self.flatten(hv)
+        return out
+
+    def _pick_method(self, batch: Batch, column: torch.Tensor, index: int) -> str:
+        """Time both methods on one batch (after a warm-up each); keep the faster."""
+        timings = {}
+        for method, fn in (
+            ("double_backward", self._double_backward),
+            ("forward_over_reverse", self._forward_over_reverse),
+        ):
+            try:
+                fn(batch, column, index)  # warm-up
+                start = time.perf_counter()
+                fn(batch, column, index)
+                timings[method] = time.perf_counter() - start
+            except (FloatingPointError, ValueError, TypeError):
+                raise
+            except Exception:  # torch.func cannot trace this model: fall back
+                continue
+        if not timings:
+            raise RuntimeError("neither double backward nor torch.func could differentiate this loss")
+        return min(timings, key=timings.get)
+
+
+class GGNOperator(CurvatureOperator):
+    """Generalized Gauss-Newton products G v = J^T H_z J v (Schraudolph 2002).
+
+    z = output_fn(model, batch) are the model outputs (logits), J = dz/dtheta,
+    H_z the Hessian of ``output_loss_fn(z, batch)`` in z. For cross-entropy on
+    logits H_z = diag(p) - p p^T per token (PSD), so G is PSD.
+
+    Args:
+        output_fn: ``(model, batch) -> outputs``; default: LM logits of tokens.
+        output_loss_fn: ``(outputs, batch) -> scalar``; default: next-token CE.
+        Other arguments as :class:`HessianOperator`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        output_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
+        output_loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+        *,
+        params: ParamSelector = None,
+        weights: Sequence[float] | None = None,
+        train_mode: str = "eval",
+    ):
+        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
+        self.output_fn = output_fn or lm_logits
+        self.output_loss_fn = output_loss_fn or lm_loss_from_logits
+        self.method = "ggn"
+        with torch.no_grad(), eval_mode(model), rng_preserved(self.device):
+            outputs = self._call(self.output_fn, self._theta, self.batches[0])
+            self._check_loss(self.output_loss_fn(outputs, self.batches[0]), 0)
+
+    def _batch_products(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
+        def outputs_of(*theta: torch.Tensor) -> torch.Tensor:
+            return self._call(self.output_fn, theta, batch)
+
+        def loss_of(outputs: torch.Tensor) -> torch.Tensor:
+            return self.output_loss_fn(outputs, batch)
+
+        theta = tuple(self._theta)
+        outputs, pullback = vjp(outputs_of, *theta)  # outputs: model output shape
+        self._check_loss(loss_of(outputs.detach()), index)
+        out = torch.empty_like(columns)
+        for j, column in enumerate(columns):
+            _, jv = jvp(outputs_of, theta, self._split(column))  # J v, outputs' shape
+            _, hjv = jvp(grad(loss_of), (outputs.detach(),), (jv,))  # H_z J v
+            out[j] = self.flatten(pullback(hjv))  # J^T H_z J v
+        return out
+
+
+def as_operator(matrix_or_operator: Any) -> Any:
+    """Validate that the input is a square tensor or has ``shape`` and ``@``; return it."""
+    if isinstance(matrix_or_operator, torch.Tensor):
+        if matrix_or_operator.dim() != 2 or matrix_or_operator.shape[0] != matrix_or_operator.shape[1]:
+            raise ValueError(f"expected a square (n, n) matrix, got shape {tuple(matrix_or_operator.shape)}")
+        return matrix_or_operator
+    shape = getattr(matrix_or_operator, "shape", None)
+    if shape is None or not hasattr(matrix_or_operator, "__matmul__") or len(shape) != 2 or shape[0] != shape[1]:
+        raise TypeError(
+            f"expected a square tensor or an operator with shape (n, n) and @, got "
+            f"{type(matrix_or_operator).__name__}"
+        )
+    return matrix_or_operator

@@ -1,0 +1,285 @@
+"""Frozen, serializable results of the curvature analyses.
+
+Every result is a frozen dataclass that holds data only (never a model). Arrays
+are NumPy, made read-only. ``result.save(path)`` writes one ``.npz`` file: the
+arrays as entries and every other field as JSON under ``__meta__``;
+``Cls.load(path)`` reads it back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from normlens.io import write_npz
+
+T = TypeVar("T", bound="_Saveable")
+
+
+def _to_tuples(value: Any) -> Any:
+    """JSON lists back to tuples, recursively (frozen dataclasses hold tuples)."""
+    if isinstance(value, list):
+        return tuple(_to_tuples(item) for item in value)
+    return value
+
+
+class _Saveable:
+    """Save/load for frozen dataclasses whose fields are arrays or JSON values."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                value = value.copy()
+                value.setflags(write=False)
+                object.__setattr__(self, f.name, value)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this result to ``path`` (an ``.npz`` file), atomically."""
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"__class__": type(self).__name__}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                arrays[f.name] = value
+            else:
+                meta[f.name] = value
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        return write_npz(path, **arrays)
+
+    @classmethod
+    def load(cls: type[T], path: str | os.PathLike) -> T:
+        """Read a result written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            arrays = {key: data[key] for key in data.files if key != "__meta__"}
+        stored = meta.pop("__class__", None)
+        if stored != cls.__name__:
+            raise ValueError(f"{path} holds a {stored}, not a {cls.__name__}; load it with that class")
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {key: _to_tuples(value) for key, value in meta.items() if key in fields}
+        values.update(arrays)
+        return cls(**values)
+
+
+@dataclass(frozen=True, eq=False)
+class EigenResult(_Saveable):
+    """Eigenpairs of a curvature operator from Lanczos.
+
+    Attributes:
+        eigenvalues: (k,) for which="largest" in descending order, for "smallest"
+            in ascending order; for "both" the k largest (descending) then the k
+            smallest (ascending); ``ends`` says which is which.
+        eigenvectors: (n, k) unit vectors, columns matching ``eigenvalues``.
+        residuals: (k,) ||H v - lambda v|| for every pair.
+        converged: (k,) residual <= tol * max|lambda|.
+        ends: per pair "largest" or "smallest".
+        num_steps: Lanczos steps taken; num_matvecs: operator products used.
+        param_names / param_shapes: how a flat vector maps onto the parameters
+            (empty for a plain matrix).
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    ends: tuple[str, ...]
+    num_steps: int
+    num_matvecs: int
+    tol: float
+    seed: int
+    param_names: tuple[str, ...] = ()
+    param_shapes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(np.all(self.converged))
+
+    def eigenvector_params(self, index: int) -> dict[str, torch.Tensor]:
+        """Eigenvector ``index`` as parameter-shaped tensors, keyed by parameter name."""
+        if not self.param_names:
+            raise ValueError("this result came from a plain matrix; it has no parameter names")
+        vector = torch.from_numpy(np.array(self.eigenvectors[:, index]))
+        return unflatten(vector, self.param_names, self.param_shapes)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "eigenvalue": self.eigenvalues,
+                "residual": self.residuals,
+                "converged": self.converged,
+                "end": list(self.ends),
+            }
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class TraceResult(_Saveable):
+    """A stochastic trace estimate with its standard error.
+
+    Attributes:
+        estimate: the trace estimate; std_error: its standard error.
+        samples: the per-probe quadratic forms of the stochastic part.
+        exact_part: Hutch++'s deterministic tr(Q^T H Q) (0 for Hutchinson).
+    """
+
+    estimate: float
+    std_error: float
+    method: str
+    num_matvecs: int
+    n: int
+    seed: int
+    samples: np.ndarray
+    exact_part: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class DensityResult(_Saveable):
+    """Spectral density from stochastic Lanczos quadrature (SLQ).
+
+    Attributes:
+        grid: (G,) eigenvalue axis; density: (G,) Gaussian-smoothed density on it.
+        nodes: (num_probes, num_steps) Ritz values; weights: same shape, squared
+            first components of the Ritz vectors, each row summing to 1.
+        sigma: width of the Gaussian kernel.
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+    n: int
+    num_probes: int
+    num_steps: int
+    seed: int
+
+    @property
+    def node_weights(self) -> np.ndarray:
+        """Quadrature weights of all nodes, summing to 1: weights / num_probes."""
+        return self.weights / self.num_probes
+
+    @property
+    def integral(self) -> float:
+        """Trapezoid integral of the density over the grid (1 up to the grid's tails)."""
+        return float(np.trapezoid(self.density, self.grid))
+
+    @property
+    def mean(self) -> float:
+        """Mean eigenvalue of the quadrature measure, an estimate of tr(H)/n."""
+        return float(np.sum(self.node_weights * self.nodes))
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.nodes.min())
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.nodes.max())
+
+    @property
+    def re(self) -> float:
+        """LLA criterion re = |lambda_min / lambda_max| from the extreme Ritz values."""
+        return abs(self.lambda_min / self.lambda_max) if self.lambda_max != 0 else math.inf
+
+    @property
+    def kh(self) -> float:
+        """LLA criterion Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2."""
+        w, theta = self.node_weights.ravel(), self.nodes.ravel()
+        negative = float(np.sum(w[theta < 0] * np.sqrt(-theta[theta < 0])))
+        positive = float(np.sum(w[theta > 0] * np.sqrt(theta[theta > 0])))
+        return negative / positive if positive > 0 else math.inf
+
+
+@dataclass(frozen=True, eq=False)
+class WeightSpectraResult(_Saveable):
+    """Empirical spectral densities of W^T W / N per weight matrix, with tail fits.
+
+    Attributes:
+        names / shapes: one entry per matrix.
+        eigenvalues: all matrices' eigenvalues concatenated; ``offsets`` (M + 1,)
+            delimit them (use :meth:`eigenvalues_of`).
+        alphas, xmins, ks_distances, num_tail: the power-law tail fit per matrix
+            (p(x) ~ x^-alpha for x >= xmin; Kolmogorov-Smirnov distance).
+        farms: whether the FARMS fixed-aspect-ratio submatrix ESD was used.
+        aspect_ratio: rows/cols of the FARMS submatrices (0 when not used).
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    eigenvalues: np.ndarray
+    offsets: np.ndarray
+    alphas: np.ndarray
+    xmins: np.ndarray
+    ks_distances: np.ndarray
+    num_tail: np.ndarray
+    farms: bool
+    aspect_ratio: float
+
+    def eigenvalues_of(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(f"no weight matrix named {name!r}; have {list(self.names)}")
+        i = self.names.index(name)
+        return self.eigenvalues[self.offsets[i] : self.offsets[i + 1]]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "matrix": list(self.names),
+                "shape": ["x".join(map(str, s)) for s in self.shapes],
+                "alpha": self.alphas,
+                "xmin": self.xmins,
+                "ks_distance": self.ks_distances,
+                "num_tail": self.num_tail,
+            }
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSpectrumResult(_Saveable):
+    """Top Hessian eigenvalue restricted to each parameter block of one model.
+
+    Attributes:
+        blocks: block labels, e.g. "blocks.0.attn"; num_params: (B,) their sizes.
+        top_eigenvalues: (B,) largest eigenvalue of the block's Hessian (NaN if
+            the model diverged); residuals: (B,) ||Hv - lambda v||.
+    """
+
+    model: str
+    blocks: tuple[str, ...]
+    num_params: np.ndarray
+    top_eigenvalues: np.ndarray
+    residuals: np.ndarray
+    num_steps: int
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "model": self.model,
+                "block": list(self.blocks),
+                "num_params": self.num_params,
+                "top_eigenvalue": self.top_eigenvalues,
+                "residual": self.residuals,
+            }
+        )
+
+
+def unflatten(
+    vector: torch.Tensor, names: tuple[str, ...] | list[str], shapes: tuple[tuple[int, ...], ...] | list
+) -> dict[str, torch.Tensor]:
+    """Split a flat (n,) vector into parameter-shaped tensors, in ``names`` order."""
+    sizes = [math.prod(shape) for shape in shapes]
+    if vector.numel() != sum(sizes):
+        raise ValueError(
+            f"vector has {vector.numel()} entries but the parameters hold {sum(sizes)}"
+        )
+    chunks = vector.reshape(-1).split(sizes)
+    return {name: chunk.reshape(shape) for name, chunk, shape in zip(names, chunks, shapes)}

@@ -1,0 +1,130 @@
+"""The Hessian section of the demo report: top eigenvalues, densities, per-block curvature.
+
+Budget: about 15 s for five ~140k-parameter models on 2 CPU cores, so every
+estimate is deliberately small and fixed-cost: one batch of a few short
+sequences, a fixed number of Lanczos steps (no adaptive extension), one SLQ
+probe. The section says so; residuals show how far each value is from converged.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
+from normlens.curvature.density import estimate_density
+from normlens.curvature.hygiene import preserved_state
+from normlens.curvature.lanczos import compute_eigenpairs
+from normlens.curvature.operators import HessianOperator
+from normlens.curvature.results import BlockSpectrumResult, DensityResult, EigenResult
+from normlens.io import write_json
+from normlens.report.section import Figure, ReportSection, Table
+from normlens.study import ZooStudy
+
+N_SEQ, N_CTX = 4, 32  # the batch the section differentiates
+TOP_K, TOP_STEPS = 3, 14  # eigenpairs and fixed Lanczos steps
+DENSITY_STEPS = 14  # one SLQ probe
+BLOCK_STEPS = 6  # Lanczos steps per block (top eigenvalue only)
+
+
+def _blocks(n_layers: int) -> dict[str, str]:
+    blocks = transformer_blocks(n_layers)
+    return {k: v for k, v in blocks.items() if k.startswith("blocks.")}  # attn / mlp / norms per layer
+
+
+def build_section(study: ZooStudy) -> ReportSection:
+    """Compare the zoo's Hessians; results saved under ``study.data_dir / "hessian"``."""
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny products: one thread avoids oversubscription on shared cores
+    try:
+        return _build(study, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(study: ZooStudy, start: float) -> ReportSection:
+    import matplotlib.pyplot as plt
+
+    from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
+
+    out = study.data_dir / "hessian"
+    tokens = study.eval_tokens[:N_SEQ, :N_CTX]
+    eigen: dict[str, EigenResult] = {}
+    densities: dict[str, DensityResult] = {}
+    block_results: list[BlockSpectrumResult] = []
+    rows, notes = [], []
+    for name, model in study.models.items():
+        safe = "".join(c if c.isalnum() else "_" for c in name)
+        if name in study.diverged:
+            notes.append(f"{name}: training diverged; no Hessian (shown as NaN).")
+            rows.append({"model": name, "status": "diverged"})
+            continue
+        try:
+            with preserved_state(model):
+                op = HessianOperator(model, tokens, method="double_backward")
+                e = compute_eigenpairs(op, TOP_K, num_steps=TOP_STEPS, max_steps=TOP_STEPS,
+                                       seed=study.seed, warn=False)
+                d = estimate_density(op, num_probes=1, num_steps=DENSITY_STEPS, seed=study.seed)
+                n_layers = getattr(model.cfg, "n_layers", 0)
+                b = compute_block_spectra(model, tokens, blocks=_blocks(n_layers),
+                                          num_steps=BLOCK_STEPS, seed=study.seed, name=name)
+        except FloatingPointError as err:
+            notes.append(f"{name}: {err}")
+            rows.append({"model": name, "status": "non-finite loss"})
+            continue
+        eigen[name], densities[name] = e, d
+        block_results.append(b)
+        e.save(out / f"{safe}_eigen.npz")
+        d.save(out / f"{safe}_density.npz")
+        b.save(out / f"{safe}_blocks.npz")
+        rows.append({
+            "model": name, "status": "ok", "n_params": op.shape[0],
+            **{f"lambda_{i + 1}": float(v) for i, v in enumerate(e.eigenvalues)},
+            "max_rel_residual": float(np.max(e.residuals) / abs(e.eigenvalues[0])),
+            "lambda_min (SLQ)": d.lambda_min, "re": d.re, "Kh": d.kh,
+        })
+    table = pd.DataFrame(rows)
+    write_json(out / "summary.json", {"rows": rows, "n_seq": N_SEQ, "n_ctx": N_CTX,
+                                      "top_steps": TOP_STEPS, "density_steps": DENSITY_STEPS,
+                                      "block_steps": BLOCK_STEPS})
+    figures = []
+    if eigen:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        plot_eigenvalues(eigen, ax=ax)
+        figures.append(Figure.from_matplotlib(fig, "Top Hessian eigenvalues per model."))
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        plot_densities(densities, ax=ax)
+        figures.append(Figure.from_matplotlib(
+            fig, "Hessian spectral densities (1 SLQ probe, log-scale density); re=|λmin/λmax|, "
+                 "Kh = negative-to-positive square-root mass ratio (LLA criteria)."))
+        for name in study.diverged & set(study.models):
+            block_results.append(BlockSpectrumResult(name, block_results[0].blocks,
+                                                     np.zeros(len(block_results[0].blocks), dtype=np.int64),
+                                                     np.full(len(block_results[0].blocks), math.nan),
+                                                     np.full(len(block_results[0].blocks), math.nan), 0))
+        fig, ax = plt.subplots(figsize=(8, 0.5 * len(block_results) + 2))
+        plot_block_heatmap(block_results, ax=ax)
+        figures.append(Figure.from_matplotlib(
+            fig, "Top eigenvalue of the Hessian restricted to each block's parameters "
+                 "(empty: no parameters there, e.g. the norms of the norm-free model)."))
+    elapsed = time.perf_counter() - start
+    notes.insert(0, (
+        f"Fast settings for the demo budget: one batch of {N_SEQ}x{N_CTX} held-out tokens, "
+        f"{TOP_STEPS} fixed Lanczos steps for the top {TOP_K} (max_rel_residual shows how far from "
+        f"converged), 1 SLQ probe of {DENSITY_STEPS} steps, {BLOCK_STEPS} steps per block. "
+        f"Use `normlens hessian` for converged values. Took {elapsed:.1f} s."
+    ))
+    top = {n: float(r.eigenvalues[0]) for n, r in eigen.items()}
+    summary = (
+        "Curvature of the loss at the trained weights. Largest Hessian eigenvalue: "
+        + ", ".join(f"{n} {v:.3g}" for n, v in top.items())
+        + "." if top else "No model could be analysed."
+    )
+    return ReportSection("Hessian spectra", summary, figures, [Table("Hessian summary per model", table)], notes)
+
+
+__all__ = ["build_section"]

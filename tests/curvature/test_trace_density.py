@@ -1,0 +1,101 @@
+"""Trace estimators and SLQ density against exact traces and spectra."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_mlp, mlp_batch, mlp_loss, mlp_loss_of_call, dense_hessian
+from normlens.curvature import HessianOperator, estimate_density, estimate_trace
+from normlens.curvature.density import gaussian_density
+
+
+def _symmetric(eigenvalues, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return Q @ torch.diag(torch.as_tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_within_three_standard_errors_dense(method):
+    spectrum = np.concatenate([[50.0, 20.0, 8.0], np.random.default_rng(0).normal(0, 1, 97)])
+    A = _symmetric(spectrum)
+    r = estimate_trace(A, 60, method=method, seed=3)
+    assert r.std_error > 0
+    assert abs(r.estimate - spectrum.sum()) <= 3 * r.std_error
+    assert r.num_matvecs == 60
+
+
+def test_hutchpp_beats_hutchinson_on_a_dominated_spectrum():
+    spectrum = np.concatenate([[100.0, 60.0, 30.0, 10.0], np.full(196, 0.1)])
+    A = _symmetric(spectrum, seed=1)
+    plain = estimate_trace(A, 60, method="hutchinson", seed=0)
+    plus = estimate_trace(A, 60, method="hutch++", seed=0)
+    assert plus.std_error < plain.std_error / 5
+    assert abs(plus.estimate - spectrum.sum()) <= 3 * plus.std_error
+
+
+def test_hutchpp_exact_when_sketch_spans_space():
+    A = _symmetric([3.0, -1.0, 2.0, 0.5])
+    r = estimate_trace(A, 12)
+    assert r.estimate == pytest.approx(4.5, abs=1e-12) and r.std_error == 0.0
+
+
+def test_trace_of_model_hessian_within_three_standard_errors(zoo_dense):
+    model, tokens, H = zoo_dense("ln")
+    op = HessianOperator(model, tokens)
+    for method in ("hutchinson", "hutch++"):
+        r = estimate_trace(op, 30, method=method, seed=0)
+        assert abs(r.estimate - float(torch.trace(H))) <= 3 * r.std_error, (method, r.estimate, r.std_error)
+
+
+def test_trace_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        estimate_trace(torch.eye(3), 6, method="exact")
+    with pytest.raises(ValueError, match=">= 3"):
+        estimate_trace(torch.eye(3), 2)
+
+
+def test_density_full_lanczos_recovers_the_spectrum():
+    spectrum = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 4.0])
+    A = _symmetric(spectrum)
+    d = estimate_density(A, num_probes=3, num_steps=6, sigma=0.05, seed=0)
+    np.testing.assert_allclose(np.sort(d.nodes, axis=1), np.tile(spectrum, (3, 1)), atol=1e-10)
+    np.testing.assert_allclose(d.weights.sum(1), 1.0, atol=1e-12)
+    assert d.integral == pytest.approx(1.0, abs=1e-6)
+    assert d.lambda_min == pytest.approx(-2.0) and d.lambda_max == pytest.approx(4.0)
+    assert d.re == pytest.approx(0.5)
+    # Kh from its definition with the quadrature weights
+    w, t = d.node_weights.ravel(), d.nodes.ravel()
+    kh = np.sum(w[t < -1e-9] * np.sqrt(-t[t < -1e-9])) / np.sum(w[t > 1e-9] * np.sqrt(t[t > 1e-9]))
+    assert d.kh == pytest.approx(kh, rel=1e-6)
+
+
+def test_density_of_model_hessian_integrates_to_one_with_mean_trace_over_n():
+    model, batch = make_mlp(), mlp_batch()
+    H = dense_hessian(model, mlp_loss_of_call(batch))
+    op = HessianOperator(model, batch, mlp_loss)
+    n = op.shape[0]
+    d = estimate_density(op, num_probes=30, num_steps=20, seed=0)
+    assert d.integral == pytest.approx(1.0, abs=1e-5)
+    grid_mean = float(np.trapezoid(d.grid * d.density, d.grid))
+    assert grid_mean == pytest.approx(d.mean, rel=1e-4, abs=1e-9)
+    # the mean is the average of v^T H v over the unit probes: an unbiased estimate of tr(H)/n
+    g = torch.Generator().manual_seed(0)
+    quad = []
+    for _ in range(30):  # same probe draws as estimate_density (one Gaussian start per probe)
+        v = torch.randn(n, generator=g, dtype=torch.float64)
+        v = v / v.norm()
+        quad.append(float(v @ H @ v))
+    se = np.std(quad, ddof=1) / math.sqrt(len(quad))
+    assert d.mean == pytest.approx(np.mean(quad), rel=1e-8)
+    assert abs(d.mean - float(torch.trace(H)) / n) <= 3 * se
+
+
+def test_gaussian_density_integrates_to_one():
+    grid = np.linspace(-10, 10, 4001)
+    rho = gaussian_density(np.array([[-1.0, 2.0]]), np.array([[0.25, 0.75]]), grid, 0.3)
+    assert np.trapezoid(rho, grid) == pytest.approx(1.0, abs=1e-9)
