@@ -1,7 +1,9 @@
 """Benchmark normlens's fused kernels against torch eager, torch.compile and Liger-Kernel (GPU only).
 
-Run:  python benchmarks/bench_kernels.py            (writes benchmarks/RESULTS.md)
-      python benchmarks/bench_kernels.py --quick    (fewer widths, no torch.compile)
+Run:  python benchmarks/bench_kernels.py                 (writes benchmarks/RESULTS.md)
+      python benchmarks/bench_kernels.py --quick         (fewer widths, no torch.compile)
+      python benchmarks/bench_kernels.py --compile-only  (no GPU needed: compiles every kernel
+                                                          variant for sm_90, prints registers/spills)
 
 Effective bandwidth with the byte counts of REFERENCES.md: forward 2·M·N·elt
 (read x, write y), backward 3·M·N·elt (read x and dy, write dx), plus the
@@ -228,6 +230,146 @@ def bench_entropy(contexts: list[int], device: torch.device) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------
+# --compile-only: compile every launched kernel variant for a GPU target, no GPU needed
+# ---------------------------------------------------------------------------
+
+
+def _compile(jit_fn, types: dict, values: dict, consts: dict, arch: int, num_warps: int):
+    """Compile ``jit_fn`` for sm_<arch> with the specialization a launch would get.
+
+    types: runtime argument -> Triton type; values: sample integer arguments (an
+    int equal to 1 becomes a constant, a multiple of 16 gets the divisibility
+    hint, as at launch); pointers are assumed 16-byte aligned.
+    """
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(inspect.signature(jit_fn.fn).parameters):
+        if name in consts:
+            signature[name], constexprs[(i,)] = "constexpr", consts[name]
+        elif types[name].startswith("*"):
+            signature[name], attrs[(i,)] = types[name], [["tt.divisibility", 16]]
+        elif types[name] == "i32" and values.get(name) == 1:
+            signature[name], constexprs[(i,)] = "constexpr", 1
+        else:
+            signature[name] = types[name]
+            if types[name] == "i32" and values.get(name, 3) % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=jit_fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def _resource_usage(kernel) -> str:
+    """'REG n STACK n' from cuobjdump on the cubin (triton ships cuobjdump), or '?'."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool) or "cubin" not in kernel.asm:
+        return "?"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    hit = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
+    return f"REG {hit.group(1)} STACK {hit.group(2)}" if hit else "?"
+
+
+def compile_only(arch: int) -> int:
+    """Compile the variants the launchers pick (GPU tiling) and print registers and spills."""
+    from normlens.kernels import attention_entropy as ae
+    from normlens.kernels import dyt, layer_norm
+    from normlens.kernels._launch import (
+        MAX_ONE_PASS_N,
+        MAX_ONE_PASS_N_BWD,
+        next_power_of_2,
+        num_warps_bwd,
+        num_warps_for,
+        row_tiling,
+    )
+
+    cpu = torch.device("cpu")
+    failures = 0
+
+    def report(label, fn):
+        nonlocal failures
+        try:
+            print(f"  {label:58s} {_resource_usage(fn())}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - report every failing variant
+            failures += 1
+            print(f"  {label:58s} FAILED: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+
+    for dt in ("bf16", "fp32"):
+        for n in WIDTHS:
+            m = ELEMENTS // n
+            rows = {"M": m, "N": n, "stride_xm": n, "stride_xn": 1, "stride_dym": n, "stride_dyn": 1,
+                    "rows_per_group": 64}
+            fwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N, num_row_groups=1)
+            bwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N_BWD, num_row_groups=1, backward=True)
+            for rms in (False, True):
+                name = "rms" if rms else "ln"
+                types = {"X": f"*{dt}", "Y": f"*{dt}", "W": f"*{dt}", "B": f"*{dt}", "Mean": "*fp32",
+                         "Rstd": "*fp32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_xn": "i32",
+                         "eps": "fp32"}
+                consts = {"IS_RMS": rms, "HAS_BIAS": not rms, "STORE_STATS": True, "ONE_PASS": fwd_t.one_pass,
+                          "BLOCK_M": fwd_t.block_m, "BLOCK_N": fwd_t.block_n}
+                report(f"{name} fwd {dt} N={n} ({fwd_t.block_m}x{fwd_t.block_n}, {fwd_t.num_warps} warps)",
+                       lambda: _compile(layer_norm._norm_fwd_kernel, types, rows, consts, arch, fwd_t.num_warps))
+                types = {"X": f"*{dt}", "DY": f"*{dt}", "W": f"*{dt}", "Mean": "*fp32", "Rstd": "*fp32",
+                         "C1": "*fp32", "C2": "*fp32", "DX": f"*{dt}", "DW_PART": "*fp32", "DB_PART": "*fp32",
+                         "M": "i32", "N": "i32", "stride_xm": "i32", "stride_xn": "i32", "stride_dym": "i32",
+                         "stride_dyn": "i32", "rows_per_group": "i32"}
+                consts = {"IS_RMS": rms, "HAS_DB": not rms, "ONE_PASS": bwd_t.one_pass,
+                          "BLOCK_M": bwd_t.block_m, "BLOCK_N": bwd_t.block_n}
+                report(f"{name} bwd {dt} N={n} ({bwd_t.block_m}x{bwd_t.block_n}, {bwd_t.num_warps} warps)",
+                       lambda: _compile(layer_norm._norm_bwd_kernel, types, rows, consts, arch, bwd_t.num_warps))
+                if not bwd_t.one_pass:
+                    types = {k: v for k, v in types.items() if k not in ("DX", "DW_PART", "DB_PART", "rows_per_group")}
+                    report(f"{name} bwd row terms {dt} N={n}",
+                           lambda: _compile(layer_norm._norm_bwd_row_terms_kernel, types, rows,
+                                            {"IS_RMS": rms, "BLOCK_N": bwd_t.block_n}, arch, bwd_t.num_warps))
+            bn = min(next_power_of_2(n), 4096)
+            bm = max(1, 4096 // bn)
+            types = {"X": f"*{dt}", "Y": f"*{dt}", "Alpha": "*fp32", "W": f"*{dt}", "B": f"*{dt}", "M": "i32",
+                     "N": "i32", "stride_xm": "i32", "stride_xn": "i32"}
+            report(f"dyt fwd {dt} N={n} ({bm}x{bn})",
+                   lambda: _compile(dyt._dyt_fwd_kernel, types, rows, {"HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn},
+                                    arch, num_warps_for(bm * bn)))
+            types = {"X": f"*{dt}", "DY": f"*{dt}", "Alpha": "*fp32", "W": f"*{dt}", "DX": f"*{dt}",
+                     "DW_PART": "*fp32", "DB_PART": "*fp32", "DA_PART": "*fp32", "M": "i32", "N": "i32",
+                     "stride_xm": "i32", "stride_xn": "i32", "stride_dym": "i32", "stride_dyn": "i32",
+                     "rows_per_group": "i32"}
+            report(f"dyt bwd {dt} N={n} ({bm}x{bn})",
+                   lambda: _compile(dyt._dyt_bwd_kernel, types, rows, {"HAS_DB": True, "BLOCK_M": bm, "BLOCK_N": bn},
+                                    arch, num_warps_bwd(bm * bn)))
+    for dt in ("bf16", "fp16", "fp32"):
+        for causal, masked in ((True, False), (True, True), (False, False)):
+            strides = ["stride_qb", "stride_qh", "stride_qm", "stride_qd", "stride_kb", "stride_kh", "stride_kn",
+                       "stride_kd", "stride_mb", "stride_mn"]
+            types = {"Q": f"*{dt}", "K": f"*{dt}", "KEEP": "*i8", "ENT": "*fp32", "NORM_ENT": "*fp32",
+                     "n_heads": "i32", "n_q": "i32", "n_k": "i32", "d_head": "i32", **{s: "i32" for s in strides},
+                     "scale_log2": "fp32"}
+            values = {"n_heads": 16, "n_q": 4096, "n_k": 4096, "d_head": 64, "stride_qd": 1, "stride_kd": 1,
+                      "stride_mn": 1, "stride_qm": 64, "stride_kn": 64}
+            consts = {"CAUSAL": causal, "HAS_MASK": masked, "UPCAST": False, "DOT_PRECISION": "tf32x3",
+                      "BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_D": 64}
+            report(f"entropy {dt} causal={causal} mask={masked} (64x64, d 64)",
+                   lambda: _compile(ae._attention_entropy_kernel, types, values, consts, arch, 4))
+    print(f"compile-only for sm_{arch}: {failures} failure(s)")
+    return 1 if failures else 0
+
+
 def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
     dev = torch.cuda.get_device_name()
     lines = [
@@ -280,7 +422,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer widths and no torch.compile")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"),
                         help="where to write the Markdown results")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile every kernel variant for a GPU target and print registers/spills; "
+                             "needs no GPU (TRITON_INTERPRET must be unset)")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability for --compile-only (90 = H100/H200)")
     args = parser.parse_args(argv)
+    if args.compile_only:
+        from normlens.kernels import interpreting
+
+        if interpreting():
+            print("bench_kernels --compile-only: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+            return 2
+        print(f"compiling for sm_{args.arch}:")
+        return compile_only(args.arch)
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device here; the kernel benchmarks need a GPU. "
               "Correctness runs on CPU with: TRITON_INTERPRET=1 python -m pytest tests/kernels")

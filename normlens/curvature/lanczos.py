@@ -186,7 +186,8 @@ def compute_eigenpairs(
         :class:`EigenResult` (eigenvectors also as parameter-shaped tensors via
         ``eigenvector_params`` when ``op`` is a curvature operator).
 
-    >>> compute_eigenpairs(torch.diag(torch.arange(1.0, 41.0)), k=2).eigenvalues
+    >>> A = torch.diag(torch.arange(1.0, 41.0, dtype=torch.float64))
+    >>> compute_eigenpairs(A, k=2).eigenvalues.round(8)
     array([40., 39.])
     """
     op = as_operator(op)

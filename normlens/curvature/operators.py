@@ -259,7 +259,9 @@ class _LossModule(nn.Module):
 class CurvatureOperator:
     """Shared plumbing: parameters, batches, weights, flattening, hygiene.
 
-    Subclasses implement ``_batch_products(batch, vectors) -> (m, n)``.
+    Subclasses implement ``_batch_products(batch, vectors) -> (m, n)``. The
+    parameters are copied when the operator is built: it is the curvature at
+    those weights even if the model changes later.
     Attributes: ``shape`` (n, n), ``dtype``, ``device``, ``param_names``,
     ``param_shapes``, ``num_matvecs`` (products so far, per vector).
     """
@@ -281,13 +283,17 @@ class CurvatureOperator:
         by_key = dict(model.named_parameters())
         self._selected_keys = [info.key for info in self.selected]
         selected = set(self._selected_keys)
+        # A snapshot: the operator is the curvature at the weights it was built at,
+        # whatever happens to the model afterwards.
         self._frozen = {
-            "model." + key: p.detach() for key, p in by_key.items() if key not in selected
+            "model." + key: p.detach().clone() for key, p in by_key.items() if key not in selected
         }
-        self._theta = [by_key[key].detach() for key in self._selected_keys]
+        self._theta = [by_key[key].detach().clone() for key in self._selected_keys]
         dtypes = {t.dtype for t in self._theta}
         if len(dtypes) != 1:
-            raise TypeError(f"selected parameters mix dtypes {sorted(map(str, dtypes))}; cast the model first")
+            raise TypeError(
+                f"selected parameters mix dtypes {sorted(map(str, dtypes))}; cast the model first"
+            )
         self.dtype = self._theta[0].dtype
         self.device = self._theta[0].device
         self.param_names = tuple(info.name for info in self.selected)
@@ -476,7 +482,14 @@ class HessianOperator(CurvatureOperator):
         return out
 
     def _pick_method(self, batch: Batch, column: torch.Tensor, index: int) -> str:
-        """Time both methods on one batch (after a warm-up each); keep the faster."""
+        """Time both methods on one batch (after a warm-up each); keep the faster.
+
+        With one batch and a kept graph a double-backward product is a single
+        backward pass, which forward-over-reverse (a forward and a backward
+        pass under jvp) cannot beat, so no timing is done then.
+        """
+        if self.keep_graph:
+            return "double_backward"
         timings = {}
         for method, fn in (
             ("double_backward", self._double_backward),
@@ -553,7 +566,8 @@ def as_operator(matrix_or_operator: Any) -> Any:
             raise ValueError(f"expected a square (n, n) matrix, got shape {tuple(matrix_or_operator.shape)}")
         return matrix_or_operator
     shape = getattr(matrix_or_operator, "shape", None)
-    if shape is None or not hasattr(matrix_or_operator, "__matmul__") or len(shape) != 2 or shape[0] != shape[1]:
+    square = shape is not None and len(shape) == 2 and shape[0] == shape[1]
+    if not square or not hasattr(matrix_or_operator, "__matmul__"):
         raise TypeError(
             f"expected a square tensor or an operator with shape (n, n) and @, got "
             f"{type(matrix_or_operator).__name__}"

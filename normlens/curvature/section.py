@@ -124,7 +124,8 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
         + ", ".join(f"{n} {v:.3g}" for n, v in top.items())
         + "." if top else "No model could be analysed."
     )
-    return ReportSection("Hessian spectra", summary, figures, [Table("Hessian summary per model", table)], notes)
+    tables = [Table("Hessian summary per model", table)]
+    return ReportSection("Hessian spectra", summary, figures, tables, notes)
 
 
 __all__ = ["build_section"]

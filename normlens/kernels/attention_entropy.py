@@ -55,6 +55,7 @@ def _attention_entropy_kernel(
     CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr,
     UPCAST: tl.constexpr,  # fp32 tl.dot inputs (the interpreter's bf16 dot is wrong)
+    DOT_PRECISION: tl.constexpr,  # "ieee" interpreted, "tf32x3" for fp32 on a GPU (exact FMA dots spill)
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -94,7 +95,7 @@ def _attention_entropy_kernel(
         )  # (BLOCK_D, BLOCK_K): kᵀ
         if UPCAST:
             kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision="ieee") * scale_log2  # (BLOCK_Q, BLOCK_K)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_Q, BLOCK_K)
         visible = q_ok[:, None] & k_ok[None, :]
         if CAUSAL:
             visible = visible & (offs_k[None, :] <= offs_q[:, None])
@@ -208,6 +209,7 @@ def attention_entropy(
             *q.stride(), *k.stride(), stride_mb, stride_mn,
             scale * _LOG2E,
             CAUSAL=bool(causal), HAS_MASK=key_padding_mask is not None, UPCAST=interp,
+            DOT_PRECISION="ieee" if interp else "tf32x3",
             BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=block_d,
             num_warps=4 if block_d <= 64 else 8,
         )

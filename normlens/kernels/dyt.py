@@ -25,6 +25,7 @@ from normlens.kernels._launch import (
     default_chunk,
     next_power_of_2,
     num_programs_hint,
+    num_warps_bwd,
     num_warps_for,
     tile_elements,
 )
@@ -202,7 +203,7 @@ def dyt_backward(
     _dyt_bwd_kernel[(groups, n_chunks)](
         x2, dy2, alpha, weight, dx, dw_part, db_part, da_part,
         m, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), rows_per_group,
-        HAS_DB=need_bias_grad, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps_for(bm * bn),
+        HAS_DB=need_bias_grad, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps_bwd(bm * bn),
     )
     # second, fixed-order reduction over the row groups (and the columns for alpha)
     dw = dw_part.sum(0).to(weight.dtype)

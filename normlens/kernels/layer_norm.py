@@ -319,7 +319,7 @@ def norm_backward(
         return dx.view(x.shape), dw, (torch.zeros_like(weight) if need_bias_grad else None)
     t = row_tiling(
         m, n, x.device, max_one_pass=max_one_pass, chunk=chunk,
-        block_m=block_m, num_row_groups=num_row_groups,
+        block_m=block_m, num_row_groups=num_row_groups, backward=True,
     )
     if t.one_pass:
         c1 = c2 = rstd1  # unused

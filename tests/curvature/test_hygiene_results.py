@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import make_zoo, zoo_tokens
+from curvature_helpers import make_zoo, zoo_tokens
 from normlens.curvature import (
     EigenResult, HessianOperator, WeightSpectraResult, compute_eigenpairs, compute_weight_spectra,
     estimate_density, estimate_trace, preserved_state,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_zoo, zoo_tokens
+from curvature_helpers import make_zoo, zoo_tokens
 from normlens.curvature import HessianOperator, compute_eigenpairs
 from normlens.models import NORM_KINDS
 

@@ -5,11 +5,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import (
+from curvature_helpers import (
     dense_ggn, dense_hessian, make_mlp, make_zoo, mlp_batch, mlp_loss, mlp_loss_from_outputs,
     mlp_loss_of_call, mlp_outputs, zoo_loss_of_call, zoo_tokens,
 )
-from normlens.curvature import GGNOperator, HessianOperator, layer_pattern, select_parameters
+from normlens.curvature import (
+    GGNOperator, HessianOperator, compute_eigenpairs, layer_pattern, select_parameters,
+)
 from normlens.curvature.operators import lm_logits, lm_loss_from_logits
 
 
@@ -102,6 +104,10 @@ def test_bad_input_errors():
     with pytest.raises(FloatingPointError, match="batch 1"):
         HessianOperator(model, [batch, bad], mlp_loss, method="double_backward") @ torch.ones(69, dtype=torch.float64)
     op = HessianOperator(model, batch, mlp_loss)
+    with pytest.raises(ValueError, match="asked for 70 eigenpairs"):
+        compute_eigenpairs(op, 70)
+    with pytest.raises(ValueError, match="asked for 70 eigenpairs"):
+        compute_eigenpairs(op, 35, which="both")
     with pytest.raises(ValueError, match=r"shape \(69,\)"):
         op @ torch.ones(5, dtype=torch.float64)
     with pytest.raises(ValueError, match="method"):
@@ -123,3 +129,15 @@ def test_unflatten_round_trip():
                                                    "fc2.weight", "fc2.bias"]
     assert parts["fc1.weight"].shape == (6, 5)
     torch.testing.assert_close(op.flatten(list(parts.values())), v)
+
+
+def test_operator_is_a_snapshot_of_the_weights():
+    model, batch = make_mlp(), mlp_batch()
+    H = dense_hessian(model, mlp_loss_of_call(batch))
+    op = HessianOperator(model, batch, mlp_loss)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    first = op @ v
+    with torch.no_grad():
+        model.fc1.weight.mul_(2.0)
+    torch.testing.assert_close(op @ v, first)  # kept graph and fresh products agree
+    torch.testing.assert_close(first, H @ v)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_mlp, mlp_batch, mlp_loss, mlp_loss_of_call, dense_hessian
+from curvature_helpers import make_mlp, mlp_batch, mlp_loss, mlp_loss_of_call, dense_hessian
 from normlens.curvature import HessianOperator, estimate_density, estimate_trace
 from normlens.curvature.density import gaussian_density
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import make_zoo
+from curvature_helpers import make_zoo
 from normlens.curvature import compute_weight_spectra, fit_power_law
 from normlens.curvature.weight_spectra import esd, farms_esd
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_mlp, mlp_batch, mlp_loss
+from curvature_helpers import make_mlp, mlp_batch, mlp_loss
 from normlens.curvature import DistributedOperator, HessianOperator, compute_eigenpairs, estimate_trace
 
 BATCHES = [(8, 11), (16, 12), (8, 13)]  # (size, seed): rank 0 gets the first two, rank 1 the last

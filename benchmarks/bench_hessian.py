@@ -1,0 +1,174 @@
+"""Hessian benchmark: HVP cost relative to a gradient, and top-5 eigenvalues vs PyHessian 0.1.
+
+Run: /work/venv/bin/python benchmarks/bench_hessian.py
+Needs the benchmark-only dependency `pip install pyhessian==0.1`.
+
+Everything runs on one CPU thread, side by side in one process, each timing
+repeated and the median taken (other jobs share the cores). Reference
+eigenvalues come from the dense float64 Hessian (torch.func, reverse-over-reverse).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import functional_call, jacrev
+
+import normlens
+from normlens.curvature import HessianOperator, compute_eigenpairs
+from normlens.curvature.operators import lm_loss_from_logits
+
+REPEATS = 5
+
+
+def median_time(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class LogitsForPyHessian(nn.Module):
+    """PyHessian calls criterion(model(inputs), targets): flatten next-token logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.model(tokens)  # (batch, pos, d_vocab)
+        return logits[:, :-1].reshape(-1, logits.shape[-1])  # (batch * (pos - 1), d_vocab)
+
+
+def hvp_ratio(make, tokens: torch.Tensor, label: str) -> None:
+    model = make()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    cold = HessianOperator(model, tokens, method="double_backward", keep_graph=False)
+    fwd_rev = HessianOperator(model, tokens, method="forward_over_reverse")
+    warm = HessianOperator(model, tokens, method="double_backward")  # graph kept between products
+    t_grad = median_time(cold.gradient)
+    t_cold = median_time(lambda: cold @ v)
+    t_fr = median_time(lambda: fwd_rev @ v)
+    t_warm = median_time(lambda: warm @ v)
+    # a plain eager loss.backward() on a twin of the model, for scale
+    plain = make()
+
+    def plain_grad():
+        plain.zero_grad()
+        lm_loss_from_logits(plain(tokens), tokens).backward()
+
+    t_plain = median_time(plain_grad)
+    n = cold.shape[0]
+    print(f"[{label}] {n} params, tokens {tuple(tokens.shape)}")
+    print(f"  gradient (functional_call) {t_grad * 1e3:7.2f} ms   plain loss.backward() {t_plain * 1e3:7.2f} ms")
+    print(f"  HVP double backward, fresh graph   {t_cold * 1e3:7.2f} ms   ratio {t_cold / t_grad:.2f}")
+    print(f"  HVP forward-over-reverse           {t_fr * 1e3:7.2f} ms   ratio {t_fr / t_grad:.2f}")
+    print(f"  HVP double backward, kept graph    {t_warm * 1e3:7.2f} ms   ratio {t_warm / t_grad:.2f}"
+          "   (normlens default for one batch)")
+
+
+def dense_top(make, tokens: torch.Tensor, k: int) -> np.ndarray:
+    model64 = make().double()
+    named = list(model64.named_parameters())
+    sizes = [p.numel() for _, p in named]
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def loss(x):
+        params = {n: c.view(p.shape) for (n, p), c in zip(named, x.split(sizes))}
+        return lm_loss_from_logits(functional_call(model64, params, (tokens,)), tokens)
+
+    H = jacrev(jacrev(loss))(flat)
+    return torch.linalg.eigvalsh(H).flip(0)[:k].numpy()
+
+
+def compare_pyhessian(make, tokens: torch.Tensor, k: int = 5) -> None:
+    try:
+        from pyhessian import hessian as PyHessian
+    except ImportError:
+        print("PyHessian not installed: /work/venv/bin/pip install pyhessian==0.1")
+        return
+    exact = dense_top(make, tokens, k)
+    model = make()
+
+    def ours():
+        op = HessianOperator(model, tokens)
+        return compute_eigenpairs(op, k, seed=0).eigenvalues
+
+    def theirs(fresh: nn.Module):
+        torch.manual_seed(0)  # PyHessian draws its start vectors from the global RNG
+        wrapped = LogitsForPyHessian(fresh)  # PyHessian calls .eval() and fills .grad: a fresh twin
+        inputs, targets = tokens, tokens[:, 1:].reshape(-1)
+        h = PyHessian(wrapped, nn.CrossEntropyLoss(), data=(inputs, targets), cuda=False)
+        values, _ = h.eigenvalues(top_n=k)  # defaults: maxIter=100, tol=1e-3
+        return np.array(values)
+
+    ours_values, theirs_values = ours(), theirs(make())
+    t_ours = median_time(ours, 3)
+    t_theirs_all = []
+    for _ in range(3):
+        fresh = make()
+        start = time.perf_counter()
+        theirs(fresh)
+        t_theirs_all.append(time.perf_counter() - start)
+    t_theirs = statistics.median(t_theirs_all)
+    err_ours = np.abs(ours_values - exact) / np.abs(exact)
+    err_theirs = np.abs(theirs_values - exact) / np.abs(exact)
+    err_theirs_sorted = np.abs(np.sort(theirs_values)[::-1] - exact) / np.abs(exact)
+    print(f"[top-{k} eigenvalues, tiny zoo transformer fitted to its batch, float32, "
+          f"{sum(p.numel() for p in model.parameters())} params]")
+    print(f"  dense float64 : {np.array2string(exact, precision=6)}")
+    print(f"  normlens      : {np.array2string(ours_values, precision=6)}  max rel err {err_ours.max():.2e}"
+          f"  time {t_ours:.3f} s")
+    print(f"  PyHessian 0.1 : {np.array2string(theirs_values, precision=6)}  max rel err {err_theirs.max():.2e}"
+          f" (sorted {err_theirs_sorted.max():.2e})  time {t_theirs:.3f} s")
+    print(f"  time ratio normlens / PyHessian = {t_ours / t_theirs:.2f}"
+          f"   (normlens <= 0.1% error: {bool(err_ours.max() <= 1e-3)})")
+
+
+def tiny_untrained() -> nn.Module:
+    return normlens.build_model(norm="ln", n_layers=1, d_model=8, n_heads=2, n_ctx=8, d_vocab=16, seed=3)
+
+
+def fit_to_batch(model: nn.Module, tokens: torch.Tensor, steps: int = 150) -> list[torch.Tensor]:
+    """Adam on the batch itself, to a point near a minimum (like the anchors' trained MLP).
+
+    At a random init the Hessian's largest-magnitude eigenvalues are negative and
+    power iteration (PyHessian) returns those instead of the top ones.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        lm_loss_from_logits(model(tokens), tokens).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    tiny_tokens = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(0))
+    fitted = fit_to_batch(tiny_untrained(), tiny_tokens)
+
+    def tiny():
+        model = tiny_untrained().eval()
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), fitted):
+                p.copy_(q)
+        return model
+
+    def demo():
+        return normlens.build_model(norm="ln", seed=0).eval()
+
+    demo_tokens = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    hvp_ratio(tiny, tiny_tokens, "tiny zoo transformer (1 layer, d_model 8)")
+    hvp_ratio(demo, demo_tokens, "demo zoo transformer (2 layers, d_model 64)")
+    compare_pyhessian(tiny, tiny_tokens)
+
+
+if __name__ == "__main__":
+    main()

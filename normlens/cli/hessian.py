@@ -1,0 +1,146 @@
+"""`normlens hessian SPEC`: Hessian spectra of a checkpoint or a Hugging Face model.
+
+Writes to the output folder: eigen.npz (top-k eigenpairs with residuals),
+trace.npz, density.npz, blocks.npz, weight_spectra.npz, summary.json and PNG
+plots; returns the report section (the HTML is rendered by the report module).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
+from normlens.curvature.density import estimate_density
+from normlens.curvature.hygiene import preserved_state
+from normlens.curvature.lanczos import WHICH, compute_eigenpairs
+from normlens.curvature.operators import METHODS, HessianOperator
+from normlens.curvature.trace import estimate_trace
+from normlens.curvature.weight_spectra import compute_weight_spectra
+from normlens.io import write_json
+from normlens.report.section import Figure, ReportSection, Table
+
+
+def run_hessian(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    out_dir: Path,
+    *,
+    name: str = "model",
+    k: int = 5,
+    which: str = "largest",
+    params: Optional[str] = None,
+    method: str = "auto",
+    trace_matvecs: int = 30,
+    density_probes: int = 2,
+    density_steps: int = 40,
+    blocks: bool = True,
+    seed: int = 0,
+) -> ReportSection:
+    """Run every Hessian analysis on ``model`` over ``tokens``; save data and PNGs to ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with preserved_state(model):
+        op = HessianOperator(model, tokens, params=params, method=method)
+        eigen = compute_eigenpairs(op, k, which=which, seed=seed)
+        trace = estimate_trace(op, trace_matvecs, seed=seed)
+        density = estimate_density(op, num_probes=density_probes, num_steps=density_steps, seed=seed)
+        n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+        block = (
+            compute_block_spectra(model, tokens, blocks=transformer_blocks(n_layers), seed=seed, name=name)
+            if blocks and n_layers is not None else None
+        )
+        weights = compute_weight_spectra(model)
+    eigen.save(out_dir / "eigen.npz")
+    trace.save(out_dir / "trace.npz")
+    density.save(out_dir / "density.npz")
+    weights.save(out_dir / "weight_spectra.npz")
+    summary = {
+        "model": name, "n_params": op.shape[0], "params": params, "method": op.method,
+        "tokens": list(tokens.shape), "loss": op.loss(),
+        "eigenvalues": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
+        "converged": bool(eigen.all_converged), "lanczos_steps": eigen.num_steps,
+        "trace": trace.estimate, "trace_std_error": trace.std_error,
+        "re": density.re, "Kh": density.kh, "seconds": time.perf_counter() - start,
+    }
+    figures = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    plot_eigenvalues({name: eigen}, ax=ax)
+    fig.savefig(out_dir / "eigenvalues.png", dpi=110, bbox_inches="tight")
+    figures.append(Figure.from_matplotlib(fig, f"Top {k} Hessian eigenvalues ({which})."))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    plot_densities({name: density}, ax=ax)
+    fig.savefig(out_dir / "density.png", dpi=110, bbox_inches="tight")
+    figures.append(Figure.from_matplotlib(fig, "Hessian spectral density (SLQ)."))
+    if block is not None:
+        block.save(out_dir / "blocks.npz")
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        plot_block_heatmap([block], ax=ax)
+        fig.savefig(out_dir / "blocks.png", dpi=110, bbox_inches="tight")
+        figures.append(Figure.from_matplotlib(fig, "Top eigenvalue per block."))
+    write_json(out_dir / "summary.json", summary)
+    notes = [] if eigen.all_converged else [
+        f"{int((~eigen.converged).sum())} eigenpairs did not converge; see the residuals."
+    ]
+    return ReportSection(
+        f"Hessian spectra: {name}",
+        f"Top eigenvalue {eigen.eigenvalues[0]:.4g}, trace {trace.estimate:.4g} ± {trace.std_error:.2g}, "
+        f"re={density.re:.3g}, Kh={density.kh:.3g} over {op.shape[0]} parameters.",
+        figures,
+        [Table("Eigenpairs", eigen.to_frame()), Table("Weight spectra", weights.to_frame())],
+        notes,
+    )
+
+
+def register(app) -> None:
+    """Add the `hessian` command to the normlens typer app."""
+    import typer
+
+    @app.command("hessian")
+    def hessian(
+        spec: str = typer.Argument(..., help="Checkpoint folder written by `normlens train`, or a Hugging Face model name."),
+        out: Path = typer.Option(Path("hessian_out"), "--out", "-o", help="Output folder for data and plots."),
+        k: int = typer.Option(5, help="Eigenpairs per end."),
+        which: str = typer.Option("largest", help=f"Spectrum end: {', '.join(WHICH)}."),
+        params: Optional[str] = typer.Option(None, help="Parameter subset: all, norms, weights, attn, mlp, or a name regex."),
+        n_seq: int = typer.Option(8, help="Held-out sequences in the batch."),
+        n_ctx: int = typer.Option(64, help="Tokens per sequence."),
+        method: str = typer.Option("auto", help=f"HVP method: {', '.join(METHODS)}."),
+        trace_matvecs: int = typer.Option(30, help="Products for the Hutch++ trace."),
+        density_probes: int = typer.Option(2, help="SLQ probes."),
+        density_steps: int = typer.Option(40, help="Lanczos steps per SLQ probe."),
+        blocks: bool = typer.Option(True, help="Per-block top eigenvalues."),
+        seed: int = typer.Option(0, help="Seed of every random vector and the data windows."),
+    ) -> None:
+        """Hessian spectra (top-k, trace, density, per-block, weight ESDs) of a model."""
+        from normlens.cli.common import run_or_exit
+
+        def job() -> ReportSection:
+            if which not in WHICH:
+                raise ValueError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
+            if method not in METHODS:
+                raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+            if k < 1 or n_seq < 1 or n_ctx < 2:
+                raise ValueError(f"--k and --n-seq must be >= 1 and --n-ctx >= 2, got {k}, {n_seq}, {n_ctx}")
+            from normlens.data import eval_windows, load_embedded
+            from normlens.models.loading import load_model
+
+            model = load_model(spec)
+            ctx = min(n_ctx, getattr(getattr(model, "cfg", None), "n_ctx", n_ctx))
+            tokens = eval_windows(load_embedded(seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
+            return run_hessian(model, tokens, out, name=spec, k=k, which=which, params=params,
+                               method=method, trace_matvecs=trace_matvecs,
+                               density_probes=density_probes, density_steps=density_steps,
+                               blocks=blocks, seed=seed)
+
+        section = run_or_exit(job)
+        typer.echo(section.summary)
+        typer.echo(f"wrote {out}")
