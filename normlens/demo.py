@@ -57,7 +57,11 @@ class DemoConfig:
 
 def analysis_sections() -> dict[str, SectionBuilder]:
     """The report sections that analyses contribute, in report order."""
-    return {}
+    from normlens.curvature.section import build_section as hessian_section
+    from normlens.landscape.section import build_section as landscape_section
+    from normlens.probes.section import build_section as probes_section
+
+    return {"probes": probes_section, "hessian": hessian_section, "landscape": landscape_section}
 
 
 def _as_json(value):

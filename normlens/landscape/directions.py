@@ -160,8 +160,8 @@ def normalize_direction(direction: Mapping[str, torch.Tensor], model: ParamSourc
     check_same_shapes(params, direction)
     out: Params = {}
     for name, theta in params.items():
-        d = direction[name].detach().to(torch.float64)
-        t = theta.to(torch.float64)
+        d = direction[name].detach().to("cpu", torch.float64)
+        t = theta.detach().to("cpu", torch.float64)
         if is_one_d(theta):
             new = torch.zeros_like(t) if one_d == "zero" else t.clone()
         elif normalization == "filter":
@@ -175,7 +175,7 @@ def normalize_direction(direction: Mapping[str, torch.Tensor], model: ParamSourc
             new = d * (t.norm() / d_norm) if d_norm > 0 else torch.zeros_like(d)
         else:
             new = d
-        out[name] = new.to(theta.dtype)
+        out[name] = new.to(device=theta.device, dtype=theta.dtype)
     return out
 
 
@@ -261,8 +261,8 @@ def pca_directions(trajectory: Sequence[ParamSource], *, one_d: str = "zero") ->
     for i, p in enumerate(points[:-1]):
         check_same_shapes(final, p, what=f"checkpoint {i} of the trajectory")
     names = _selected_names(final, one_d)
-    base = flatten(final, names).double()
-    diffs = torch.stack([flatten(p, names).double() - base for p in points[:-1]]).numpy()  # (n-1, n_params)
+    base = flatten(final, names).double().cpu()
+    diffs = torch.stack([flatten(p, names).double().cpu() - base for p in points[:-1]]).numpy()  # (n-1, n_params)
     if not np.isfinite(diffs).all():
         raise ValueError("the trajectory holds non-finite weights; drop diverged checkpoints first")
     pca = PCA(n_components=2, svd_solver="full").fit(diffs)
@@ -271,7 +271,8 @@ def pca_directions(trajectory: Sequence[ParamSource], *, one_d: str = "zero") ->
     axes = []
     for row in components:
         vec = {n: torch.zeros_like(final[n]) for n in final}
-        vec.update(unflatten(torch.from_numpy(row.copy()), final, names))
+        vec.update({n: t.to(final[n].device)
+                    for n, t in unflatten(torch.from_numpy(row.copy()), final, names).items()})
         axes.append(vec)
     return Directions(tuple(axes), "pca", "unit", one_d, None, {
         "trajectory": coords.tolist(),
@@ -290,7 +291,7 @@ def interpolation_direction(start: ParamSource, end: ParamSource, *, one_d: str 
     _check_choice("one_d", one_d, ("zero", "included"))
     a, b = parameters_of(start), parameters_of(end)
     check_same_shapes(a, b, what="end model")
-    d = {n: (torch.zeros_like(a[n]) if (one_d == "zero" and is_one_d(a[n])) else (b[n] - a[n]))
+    d = {n: (torch.zeros_like(a[n]) if (one_d == "zero" and is_one_d(a[n])) else (b[n].to(a[n].device) - a[n]))
          for n in a}
     return Directions((d,), "interpolation", "none", one_d, None, {
         "model_fingerprint": fingerprint(a), "end_fingerprint": fingerprint(b),

@@ -20,7 +20,13 @@ from torch.func import vmap
 
 from normlens.landscape import distributed as dd
 from normlens.landscape.directions import Directions
-from normlens.landscape.objective import Objective, check_eval_items, eval_mode, next_token_objective
+from normlens.landscape.objective import (
+    Objective,
+    check_eval_items,
+    eval_mode,
+    next_token_loss_only,
+    next_token_objective,
+)
 from normlens.landscape.params import (
     Params,
     fingerprint,
@@ -97,7 +103,8 @@ class PointEvaluator:
     """
 
     def __init__(self, model: nn.Module, directions: Directions, eval_items: torch.Tensor,
-                 objective: Objective, items_per_batch: int, params: Optional[Params] = None):
+                 objective: Objective, items_per_batch: int, params: Optional[Params] = None,
+                 accuracy: bool = True):
         self.model = model
         self.objective = objective
         self.eval_items = eval_items
@@ -106,6 +113,7 @@ class PointEvaluator:
         self.theta = {n: params[n] for n in directions.names
                       if any(bool((axis[n] != 0).any()) for axis in directions.axes)}
         self.axes = [{n: axis[n].to(params[n].device) for n in self.theta} for axis in directions.axes]
+        self.accuracy = accuracy
         self.with_accuracy: Optional[bool] = None
         self._count: Optional[int] = None
 
@@ -113,7 +121,10 @@ class PointEvaluator:
 
         def sums(moving: Params, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             losses, correct = objective(functional_forward(model, slots, moving, batch), batch)
-            hits = correct.double().sum() if correct is not None else losses.new_zeros((), dtype=torch.float64)
+            if correct is None or not accuracy:
+                hits = losses.new_zeros((), dtype=torch.float64)
+            else:
+                hits = correct.double().sum()
             return losses.double().sum(), hits
 
         self._batched = vmap(sums, in_dims=(0, None))
@@ -125,7 +136,8 @@ class PointEvaluator:
         for n, theta in self.theta.items():
             shift = 0
             for k, axis in enumerate(self.axes):
-                coef = points[:, k].to(theta.dtype).view(-1, *([1] * theta.dim()))  # (P, 1, ..., 1)
+                coef = points[:, k].to(device=theta.device, dtype=theta.dtype)
+                coef = coef.view(-1, *([1] * theta.dim()))  # (P, 1, ..., 1)
                 shift = shift + coef * axis[n].unsqueeze(0)
             out[n] = theta.unsqueeze(0) + shift  # (P, *shape)
         return out
@@ -136,7 +148,7 @@ class PointEvaluator:
             return self._count
         losses, correct = self.objective(self.model(self.eval_items[:1]), self.eval_items[:1])
         if self.with_accuracy is None:
-            self.with_accuracy = correct is not None
+            self.with_accuracy = self.accuracy and correct is not None
         self._count = losses.numel() * self.eval_items.shape[0]
         return self._count
 
@@ -192,6 +204,7 @@ def compute_landscape(
     span: SpanArg = 1.0,
     resolution: int = 21,
     objective: Optional[Objective] = None,
+    accuracy: bool = False,
     points_per_batch: Optional[int] = None,
     items_per_batch: Optional[int] = None,
     memory_bytes: int = 1 << 27,
@@ -210,7 +223,8 @@ def compute_landscape(
             each range must contain 0.
         resolution: points per axis (≥ 2); see :func:`axis_coordinates`.
         objective: (outputs, batch) -> (per-element loss, per-element correct or None);
-            default next-token cross-entropy and accuracy.
+            default next-token cross-entropy (and top-1 accuracy with ``accuracy=True``).
+        accuracy: also return the mean of the objective's per-element correctness.
         points_per_batch, items_per_batch: batching; by default from ``memory_bytes``, a bound
             on the activations of one batched forward. The default (128 MiB) is also about the
             fastest on CPU: larger chunks fall out of cache and get slower per point.
@@ -225,7 +239,8 @@ def compute_landscape(
     Returns:
         A :class:`LandscapeResult` with ``loss[i, j] = f(coords[0][i], coords[1][j])``.
     """
-    objective = objective or next_token_objective
+    if objective is None:
+        objective = next_token_objective if accuracy else next_token_loss_only
     if not isinstance(directions, Directions):
         raise TypeError(f"directions must be a Directions, got {type(directions).__name__}")
     check_eval_items(eval_items)
@@ -240,7 +255,8 @@ def compute_landscape(
     eval_items = eval_items.to(device)
 
     with torch.no_grad(), eval_mode(model):
-        evaluator = PointEvaluator(model, directions, eval_items, objective, items_per_batch or 1, params)
+        evaluator = PointEvaluator(model, directions, eval_items, objective, items_per_batch or 1, params,
+                                   accuracy=accuracy)
         auto_points, auto_items = _auto_batching(model, evaluator, n_cells, memory_bytes)
         evaluator.items_per_batch = int(items_per_batch or auto_items)
         chunk_size = int(points_per_batch or auto_points)
@@ -251,7 +267,7 @@ def compute_landscape(
             "directions": directions.fingerprint(),
             "eval_set": tensor_fingerprint(eval_items),
             "grid": tensor_fingerprint(points),
-            "objective": getattr(objective, "__qualname__", repr(objective)),
+            "objective": f"{getattr(objective, '__qualname__', type(objective).__name__)}|accuracy={accuracy}",
             "items_per_batch": str(evaluator.items_per_batch),
         }
         rank, size = dd.world()

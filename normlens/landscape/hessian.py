@@ -52,22 +52,27 @@ class HessianVectorProduct:
         inputs = [self._leaves[n] for n in self.names]
         loss = closure(self._leaves)
         self.loss = float(loss.detach())
-        self._grads = torch.autograd.grad(loss, inputs, create_graph=True)
-        self._inputs = inputs
+        grads = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+        # parameters the loss does not reach have zero gradient and zero Hessian rows
+        self._used = [(n, leaf, g) for n, leaf, g in zip(self.names, inputs, grads)
+                      if g is not None and g.requires_grad]
 
     def __call__(self, vector: Params) -> Params:
-        dot = sum((g * vector[n].to(g.dtype)).sum() for g, n in zip(self._grads, self.names))
-        hv = torch.autograd.grad(dot, self._inputs, retain_graph=True, allow_unused=True)
-        return {
-            n: (h.detach() if h is not None else torch.zeros_like(self._leaves[n]))
-            for n, h in zip(self.names, hv)
-        }
+        out = {n: torch.zeros_like(self._leaves[n]) for n in self.names}
+        if not self._used:
+            return out
+        dot = sum((g * vector[n].to(device=g.device, dtype=g.dtype)).sum() for n, _, g in self._used)
+        hv = torch.autograd.grad(dot, [leaf for _, leaf, _ in self._used], retain_graph=True, allow_unused=True)
+        for (n, _, _), h in zip(self._used, hv):
+            if h is not None:
+                out[n] = h.detach()
+        return out
 
 
 def rayleigh_quotient(hvp: HessianVectorProduct, direction: Params) -> float:
     """dᵀHd / dᵀd over ``hvp.names`` (float64 accumulation)."""
     hd = hvp(direction)
-    num = sum(float((hd[n].double() * direction[n].double()).sum()) for n in hvp.names)
+    num = sum(float((hd[n].double() * direction[n].to(hd[n].device).double()).sum()) for n in hvp.names)
     den = sum(float(direction[n].double().pow(2).sum()) for n in hvp.names)
     if den == 0.0:
         raise ValueError("the direction is zero on every parameter; dᵀHd/dᵀd is undefined")
@@ -127,13 +132,13 @@ def top_hessian_eigenpairs(model: nn.Module, params: Params, eval_items: torch.T
         like = {n: params[n] for n in names}
 
         def matvec(vector: torch.Tensor) -> torch.Tensor:
-            return flatten(hvp(unflatten(vector, like, names)), names).double()
+            return flatten(hvp(unflatten(vector, like, names)), names).double().cpu()
 
         dim = sum(params[n].numel() for n in names)
         values, vectors = lanczos_top(matvec, dim, k=k, n_steps=n_steps, seed=seed)
     eigvecs = []
     for row in vectors:
         vec = {n: torch.zeros_like(params[n]) for n in params}
-        vec.update(unflatten(row, like, names))
+        vec.update({n: t.to(params[n].device) for n, t in unflatten(row, like, names).items()})
         eigvecs.append(vec)
     return values, eigvecs

@@ -35,6 +35,18 @@ def next_token_objective(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[to
     return losses, correct
 
 
+def next_token_loss_only(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """Next-token cross-entropy as :func:`next_token_objective`, without the accuracy (no argmax)."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    targets = tokens[:, 1:]  # (batch, pos - 1)
+    shifted = logits[:, :-1]  # (batch, pos - 1, d_vocab)
+    losses = F.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    return losses, None
+
+
 def check_eval_items(items: torch.Tensor) -> torch.Tensor:
     """The evaluation set: a non-empty tensor whose first dimension indexes items."""
     if not isinstance(items, torch.Tensor):

@@ -11,7 +11,7 @@ import numpy as np
 from normlens.io import write_json, write_npz, read_json
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class LandscapeResult:
     """A 1-D or 2-D loss surface f(a, b) = L(θ + a·d₁ + b·d₂).
 

@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from _models import tiny_zoo, zoo_tokens
+from landscape_helpers import tiny_zoo, zoo_tokens
 from normlens.cli.landscape import register, run_landscape
 from normlens.landscape import Directions, LandscapeResult
 
@@ -41,10 +40,24 @@ def test_interpolation_axis_defaults_to_a_range_past_both_ends(tmp_path):
     assert (out / "landscape_1d.png").exists()
 
 
+def test_hessian_and_pca_axes(tmp_path):
+    model = tiny_zoo("dyt")
+    out = run_landscape(model, zoo_tokens(), tmp_path / "h", axes="hessian", dims=1, resolution=3, span=0.1)
+    result = LandscapeResult.load(out / "landscape.npz")
+    assert result.kind == "hessian" and len(result.info["eigenvalues"]) == 1
+    assert result.direction_norms[0] == pytest.approx(1.0)
+    trajectory = [tiny_zoo("dyt", seed=s) for s in (1, 2)]
+    out = run_landscape(model, zoo_tokens(), tmp_path / "p", axes="pca", trajectory=trajectory, resolution=3)
+    result = LandscapeResult.load(out / "landscape.npz")
+    assert result.kind == "pca" and len(result.info["trajectory"]) == 3
+    with pytest.raises(ValueError, match="at least two --trajectory"):
+        run_landscape(model, zoo_tokens(), tmp_path / "q", axes="pca", trajectory=trajectory[:1], resolution=3)
+
+
 def test_cli_command_runs_and_bad_input_exits_2(app, tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["landscape", "a", "--out", str(tmp_path / "o"), "--resolution", "3", "--n-seq", "2",
-                             "--n-ctx", "8", "--dims", "1"])
+                             "--n-ctx", "8", "--dims", "1", "--accuracy"])
     assert ok.exit_code == 0, ok.output
     assert LandscapeResult.load(tmp_path / "o" / "landscape.npz").loss.shape == (3,)
     for args, needle in [(["--span", "0"], "span"), (["--resolution", "1"], "resolution"),

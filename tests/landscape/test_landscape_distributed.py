@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from _dist_worker import run_single, worker
+from landscape_dist_worker import run_single, worker
 from normlens.landscape import LandscapeResult
 from normlens.landscape import distributed as dd
 from normlens.landscape.store import GridStore

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
-from _models import LinearRegression, TinyClassifier, regression_data, squared_error, tiny_tokens
+from landscape_helpers import LinearRegression, TinyClassifier, regression_data, squared_error, tiny_tokens
 from normlens.landscape import (
     LandscapeMetrics, compute_landscape, compute_metrics, random_directions, sharpness,
 )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from _models import (
+from landscape_helpers import (
     LinearRegression, TinyClassifier, regression_data, squared_error, tiny_tokens, tiny_zoo, zoo_tokens,
 )
 from normlens.landscape import axis_coordinates, compute_landscape, random_directions
@@ -72,7 +72,8 @@ def test_batched_equals_naive_loop():
     model = tiny_zoo("ln")
     tokens = zoo_tokens()
     d = random_directions(model, 2, seed=5)
-    result = compute_landscape(model, d, tokens, span=0.5, resolution=4, points_per_batch=6, items_per_batch=3)
+    result = compute_landscape(model, d, tokens, span=0.5, resolution=4, points_per_batch=6, items_per_batch=3,
+                               accuracy=True)
     params = {n: p.detach() for n, p in model.named_parameters()}
     copy = tiny_zoo("ln")
     for i, a in enumerate(result.coords[0]):
@@ -134,7 +135,9 @@ def test_nan_cells_are_kept_and_counted():
 def test_result_roundtrip(tmp_path):
     model = TinyClassifier()
     d = random_directions(model, 2, seed=0)
-    result = compute_landscape(model, d, tiny_tokens(), span=1.0, resolution=3, model_name="tiny")
+    result = compute_landscape(model, d, tiny_tokens(), span=1.0, resolution=3, model_name="tiny", accuracy=True)
+    assert result.accuracy is not None
+    assert compute_landscape(model, d, tiny_tokens(), span=1.0, resolution=3).accuracy is None
     back = type(result).load(result.save(tmp_path / "r.npz"))
     assert back.model_name == "tiny" and back.kind == "random" and back.seed == 0
     np.testing.assert_array_equal(back.loss, result.loss)

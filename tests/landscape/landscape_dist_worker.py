@@ -22,9 +22,9 @@ def _bare_normlens_package() -> None:
 
 _bare_normlens_package()
 
-from _models import TinyClassifier, tiny_tokens
+from landscape_helpers import TinyClassifier, tiny_tokens
 
-KWARGS = dict(span=1.0, resolution=7, points_per_batch=5, items_per_batch=2)
+KWARGS = dict(span=1.0, resolution=7, points_per_batch=5, items_per_batch=2, accuracy=True)
 
 
 def run_single(grid_file=None):

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from _models import tiny_zoo, zoo_tokens
+from landscape_helpers import tiny_zoo, zoo_tokens
 from normlens.landscape import LandscapeResult
 from normlens.landscape.section import build_section
 from normlens.study import ZooStudy
@@ -24,4 +24,4 @@ def test_section_compares_models_and_shows_diverged(tmp_path):
     assert result.loss.shape == (5, 5) and result.normalization == "filter" and result.one_d == "zero"
     assert frame["loss f(0,0)"][0] == result.center_loss
     assert (tmp_path / "landscape" / "summary.csv").exists()
-    assert all(torch.equal(p.detach(), before[n]) for n, p in models["ln"].named_parameters())
+    assert all(torch.equal(p.detach(), before[n]) and p.grad is None for n, p in models["ln"].named_parameters())

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from _models import LinearRegression, TinyClassifier, dense_hessian, tiny_tokens, tiny_zoo
+from landscape_helpers import LinearRegression, TinyClassifier, dense_hessian, tiny_tokens, tiny_zoo
 from normlens.landscape import (
     Directions,
     hessian_directions,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from _models import LinearRegression, TinyClassifier, regression_data, squared_error, tiny_tokens
+from landscape_helpers import LinearRegression, TinyClassifier, regression_data, squared_error, tiny_tokens
 from normlens.landscape import GridMismatchError, compute_landscape, random_directions
 from normlens.landscape.store import GridStore
 
@@ -24,7 +24,7 @@ def _stop_after(n):
 def test_interrupted_run_resumes_to_the_identical_surface(tmp_path):
     model, tokens = TinyClassifier(), tiny_tokens()
     d = random_directions(model, 2, seed=0)
-    kwargs = dict(span=1.0, resolution=7, points_per_batch=5, items_per_batch=2)
+    kwargs = dict(span=1.0, resolution=7, points_per_batch=5, items_per_batch=2, accuracy=True)
     full = compute_landscape(model, d, tokens, **kwargs)
 
     path = tmp_path / "grid.npz"
@@ -34,13 +34,14 @@ def test_interrupted_run_resumes_to_the_identical_surface(tmp_path):
     assert path.exists()
     # a stray temporary file from a write killed midway must not matter
     (tmp_path / ".grid.npz.abc.tmp").write_bytes(b"partial")
-    _, second = _stop_after(10 ** 6)
-    resumed = compute_landscape(model, d, tokens, grid_file=path, **kwargs, on_chunk=_stop_after(10 ** 6)[0])
+    rest = []
+    resumed = compute_landscape(model, d, tokens, grid_file=path, **kwargs, on_chunk=lambda c, n: rest.append(c))
     resumed2_calls = []
     compute_landscape(model, d, tokens, grid_file=path, **kwargs,
                       on_chunk=lambda c, n: resumed2_calls.append(c))
     np.testing.assert_array_equal(resumed.loss, full.loss)  # bit-identical
     np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    assert len(first) == 4 and sorted(first + rest) == list(range(10))  # 49 cells in chunks of 5
     assert resumed2_calls == []  # a finished grid computes nothing
 
 

@@ -1,0 +1,159 @@
+"""`normlens landscape SPEC`: a loss surface around a checkpoint or Hugging Face model.
+
+Works under ``torchrun --nproc_per_node N -m normlens.cli landscape ...`` too:
+grid cells are split across ranks and rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import typer
+
+AXES = ("random", "hessian", "pca", "interpolate")
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """"-0.5,1.5" -> (-0.5, 1.5)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--range must be two numbers 'LO,HI' such as '-0.5,1.5', got {text!r}") from None
+    return lo, hi
+
+
+def build_directions(model, tokens, *, axes: str, dims: int, normalization: str, one_d: str, seed: int,
+                     other=None, trajectory: Sequence = (), directions_file: Optional[Path] = None):
+    """The Directions the options ask for (loaded from ``directions_file`` if given)."""
+    from normlens.landscape import (
+        Directions, hessian_directions, interpolation_direction, pca_directions, random_directions,
+    )
+
+    if directions_file is not None:
+        directions = Directions.load(directions_file)
+        directions.check_fits(model)
+        return directions
+    if axes not in AXES:
+        raise ValueError(f"--axes must be one of {', '.join(AXES)}, got {axes!r}")
+    if dims not in (1, 2):
+        raise ValueError(f"--dims must be 1 or 2, got {dims}")
+    if axes == "random":
+        return random_directions(model, dims, normalization=normalization, one_d=one_d, seed=seed)
+    if axes == "hessian":
+        return hessian_directions(model, tokens, k=dims, one_d="zero" if one_d == "zero" else "included", seed=seed)
+    if axes == "pca":
+        if len(trajectory) < 2:
+            raise ValueError("--axes pca needs at least two --trajectory checkpoints (SPEC is the last point)")
+        return pca_directions([*trajectory, model], one_d="zero" if one_d == "zero" else "included")
+    if other is None:
+        raise ValueError("--axes interpolate needs --other SPEC, the model at coefficient 1")
+    return interpolation_direction(model, other, one_d="zero" if one_d == "zero" else "included")
+
+
+def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int = 2, span: float = 1.0,
+                  value_range: Optional[tuple[float, float]] = None, resolution: int = 21,
+                  normalization: str = "filter", one_d: str = "zero", seed: int = 0, other=None,
+                  trajectory: Sequence = (), directions_file: Optional[Path] = None,
+                  grid_file: Optional[Path] = None, log_scale: bool = False, memory_mb: int = 128,
+                  model_name: str = "", eval_name: str = "", accuracy: bool = False) -> Path:
+    """Compute, save and plot a landscape of ``model`` over ``tokens``; returns ``out``.
+
+    Writes ``landscape.npz`` (the surface), ``metrics.json``, ``directions.safetensors``
+    and PNG plots under ``out``; ``grid_file`` (default ``out/grid.npz``) makes the run resumable.
+    """
+    import matplotlib.pyplot as plt
+
+    from normlens.landscape import compute_landscape, compute_metrics
+    from normlens.landscape.distributed import world
+    from normlens.plots.landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_3d
+
+    if resolution < 2:
+        raise ValueError(f"--resolution must be at least 2, got {resolution}")
+    if value_range is None and not span > 0:
+        raise ValueError(f"--span must be positive, got {span}")
+    directions = build_directions(model, tokens, axes=axes, dims=dims, normalization=normalization,
+                                  one_d=one_d, seed=seed, other=other, trajectory=trajectory,
+                                  directions_file=directions_file)
+    if value_range is None and directions.kind == "interpolation":
+        value_range = (-0.25, 1.25)
+    out = Path(out)
+    result = compute_landscape(
+        model, directions, tokens, span=value_range if value_range is not None else span,
+        resolution=resolution, memory_bytes=memory_mb << 20, grid_file=grid_file or out / "grid.npz",
+        model_name=model_name, eval_name=eval_name, accuracy=accuracy,
+    )
+    if world()[0] != 0:
+        return out
+    result.save(out / "landscape.npz")
+    directions.save(out / "directions.safetensors")
+    if min(len(c) for c in result.coords) >= 3:
+        reach = min(max(abs(lo), abs(hi)) for lo, hi in result.ranges)
+        metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1)
+        metrics.save(out / "metrics.json")
+    if result.ndim == 1:
+        ax = plot_landscape_1d(result, log=log_scale)
+        ax.figure.savefig(out / "landscape_1d.png", dpi=110, bbox_inches="tight")
+    else:
+        for name, draw in (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)):
+            ax = draw(result, log=log_scale)
+            ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    plt.close("all")
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("landscape")
+    def landscape(
+        spec: str = typer.Argument(..., help="checkpoint folder written by `normlens train`, or a HF model name"),
+        out: Path = typer.Option(Path("landscape-out"), "--out", help="folder for the surface, metrics and plots"),
+        axes: str = typer.Option("random", "--axes", help="random | hessian | pca | interpolate"),
+        dims: int = typer.Option(2, "--dims", help="1 or 2 axes (random and hessian)"),
+        span: float = typer.Option(1.0, "--span", help="coefficients from -SPAN to SPAN on every axis"),
+        value_range: Optional[str] = typer.Option(None, "--range", help="'LO,HI' instead of --span (must contain 0)"),
+        resolution: int = typer.Option(21, "--resolution", help="points per axis (>= 2)"),
+        normalization: str = typer.Option("filter", "--normalization", help="filter | layer | none (random axes)"),
+        one_d: str = typer.Option("zero", "--one-d", help="1-D parameters (biases, gains, DyT alpha): zero | copy"),
+        seed: int = typer.Option(0, "--seed", help="seed of the random directions and data windows"),
+        other: Optional[str] = typer.Option(None, "--other", help="--axes interpolate: the model at coefficient 1"),
+        trajectory: list[str] = typer.Option([], "--trajectory", help="--axes pca: earlier checkpoints, in order"),
+        directions_file: Optional[Path] = typer.Option(None, "--directions", help="reuse saved directions"),
+        grid_file: Optional[Path] = typer.Option(None, "--grid-file", help="resumable grid file (default OUT/grid.npz)"),
+        eval_source: str = typer.Option("embedded", "--eval", help="evaluation text: embedded | FILE | hf:NAME"),
+        n_seq: int = typer.Option(16, "--n-seq", help="evaluation sequences"),
+        n_ctx: int = typer.Option(0, "--n-ctx", help="tokens per sequence (0: the model's context)"),
+        log_scale: bool = typer.Option(False, "--log-scale", help="log colour/y scale"),
+        memory_mb: int = typer.Option(128, "--memory-mb", help="memory bound for batched evaluation"),
+        accuracy: bool = typer.Option(False, "--accuracy", help="also record next-token accuracy per cell"),
+    ) -> None:
+        """Loss landscape: filter-normalized random, Hessian, PCA or interpolation axes."""
+        from normlens.cli.common import run_or_exit
+
+        def job() -> Path:
+            from normlens.data import eval_windows, load_corpus
+            from normlens.landscape.distributed import init_from_env
+            from normlens.models.loading import load_model
+
+            if n_seq < 1:
+                raise ValueError(f"--n-seq must be at least 1 (the evaluation set is empty), got {n_seq}")
+            init_from_env()
+            model = load_model(spec).eval()
+            ctx = n_ctx or int(model.cfg.n_ctx)
+            if not 2 <= ctx <= model.cfg.n_ctx:
+                raise ValueError(f"--n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model")
+            tokens = eval_windows(load_corpus(eval_source, seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
+            if int(tokens.max()) >= model.cfg.d_vocab:
+                raise ValueError(
+                    f"the evaluation set has token ids up to {int(tokens.max())} but the model's vocabulary "
+                    f"has {model.cfg.d_vocab}; the byte-level corpora need d_vocab >= 256")
+            return run_landscape(
+                model, tokens, out, axes=axes, dims=dims, span=span,
+                value_range=parse_range(value_range) if value_range else None, resolution=resolution,
+                normalization=normalization, one_d=one_d, seed=seed,
+                other=load_model(other).eval() if other else None,
+                trajectory=[load_model(t).eval() for t in trajectory], directions_file=directions_file,
+                grid_file=grid_file, log_scale=log_scale, memory_mb=memory_mb, model_name=spec,
+                eval_name=f"{eval_source}: {n_seq}×{ctx}", accuracy=accuracy,
+            )
+
+        written = run_or_exit(job)
+        typer.echo(f"wrote the landscape to {written}")
