@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller distributed grid")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per rank in part 2)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--resolution", type=int, default=35, help="grid resolution of part 2")
+    parser.add_argument("--resolution", type=int, default=41, help="grid resolution of part 2")
     parser.add_argument("--n-seq", type=int, default=16, help="evaluation sequences of part 2")
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--skip-plane", action="store_true", help="run part 2 only")

@@ -303,11 +303,11 @@ def compute_landscape(
 
     shape = tuple(len(c) for c in coords)
     loss = store.loss.reshape(shape)
-    accuracy = store.accuracy.reshape(shape) if with_accuracy else None
+    accuracy_grid = store.accuracy.reshape(shape) if with_accuracy else None
     origin = tuple(int(np.flatnonzero(c == 0.0)[0]) for c in coords)
     info = {k: v for k, v in directions.info.items() if k != "model_fingerprint"}
     return LandscapeResult(
-        coords=coords, loss=loss, accuracy=accuracy, center_loss=float(loss[origin]),
+        coords=coords, loss=loss, accuracy=accuracy_grid, center_loss=float(loss[origin]),
         kind=directions.kind, normalization=directions.normalization, one_d=directions.one_d,
         direction_norms=directions.norms(), seed=directions.seed,
         model_name=model_name if model_name is not None else _default_name(model),
