@@ -23,9 +23,14 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor, reduction: str = "me
 
 
 def logits_loss(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy from precomputed (batch, pos, d_vocab) logits."""
+    """Next-token cross-entropy from precomputed (batch, pos, d_vocab) logits.
+
+    Half-precision logits are upcast to float32; float64 stays float64 (exact tests).
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
     targets = tokens[:, 1:]  # (batch, pos - 1)
     flat = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction
     )
     return flat if reduction != "none" else flat.view(targets.shape)

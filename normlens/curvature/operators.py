@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp
 
+from normlens.losses import logits_loss
 from normlens.curvature.hygiene import check_train_mode, eval_mode, rng_preserved
 from normlens.curvature.results import unflatten
 
@@ -66,10 +67,7 @@ def lm_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 def lm_loss_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy, in the logits' dtype (half precision upcast to float32)."""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    vocab = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+    return logits_loss(logits, tokens)
 
 
 def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -12,39 +12,26 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from normlens.losses import logits_loss
 
 # (outputs, batch) -> (per-element losses, per-element correct in {0, 1} or None)
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 def next_token_objective(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy and top-1 accuracy, as :func:`normlens.losses.next_token_loss`.
+    """Per-token next-token cross-entropy (:func:`normlens.losses.logits_loss`) and top-1 accuracy.
 
-    logits: (batch, pos, d_vocab); tokens: (batch, pos) int64. Half-precision
-    logits are upcast to float32; float64 stays float64 (for exact tests).
+    logits: (batch, pos, d_vocab); tokens: (batch, pos) int64.
     """
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    targets = tokens[:, 1:]  # (batch, pos - 1)
-    shifted = logits[:, :-1]  # (batch, pos - 1, d_vocab)
-    losses = F.cross_entropy(
-        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
-    correct = (shifted.argmax(-1) == targets).to(losses.dtype)
+    losses = logits_loss(logits, tokens, reduction="none")  # (batch, pos - 1)
+    correct = (logits[:, :-1].argmax(-1) == tokens[:, 1:]).to(losses.dtype)
     return losses, correct
 
 
 def next_token_loss_only(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
     """Next-token cross-entropy as :func:`next_token_objective`, without the accuracy (no argmax)."""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    targets = tokens[:, 1:]  # (batch, pos - 1)
-    shifted = logits[:, :-1]  # (batch, pos - 1, d_vocab)
-    losses = F.cross_entropy(
-        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
-    return losses, None
+    return logits_loss(logits, tokens, reduction="none"), None
 
 
 def check_eval_items(items: torch.Tensor) -> torch.Tensor:
