@@ -43,6 +43,66 @@ def _colsum64(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class PowerSums:
+    """Running power sums S_k = sum (x - c)^k, k = 1..4, per channel about a fixed centre c.
+
+    Adding a batch costs four column sums; :meth:`to_moments` converts to
+    central sums once (the formulas in the module docstring's last paragraph):
+    mean = c + S1/n, M2 = S2 - S1^2/n, M3 = S3 - 3 S1 S2/n + 2 S1^3/n^2,
+    M4 = S4 - 4 S1 S3/n + 6 S1^2 S2/n^2 - 3 S1^4/n^3. The centre is taken
+    close to the mean of the first batch, which keeps float32 sums accurate.
+    """
+
+    centre: torch.Tensor  # (d,) float64, exactly representable in the working dtype
+    count: torch.Tensor
+    s1: torch.Tensor
+    s2: torch.Tensor
+    s3: torch.Tensor
+    s4: torch.Tensor
+
+    @classmethod
+    def start_at(cls, centre: torch.Tensor) -> "PowerSums":
+        z = torch.zeros_like(centre, dtype=torch.float64)
+        return cls(centre.double(), z, z.clone(), z.clone(), z.clone(), z.clone())
+
+    @classmethod
+    def start(cls, x: torch.Tensor) -> "PowerSums":
+        """Empty sums centred on the mean of the first (up to 64) rows of ``x`` (n, d)."""
+        return cls.start_at(x[:64].mean(0))
+
+    def add_deviations(self, e: torch.Tensor, count: torch.Tensor | None = None,
+                       scratch: torch.Tensor | None = None) -> None:
+        """Add rows ``e`` = x - centre (n, d) in the working dtype; ``count`` per channel (default n).
+
+        ``scratch``: an optional tensor shaped like ``e`` reused for the powers (no allocation).
+        """
+        self.count += float(e.shape[0]) if count is None else count
+        self.s1 += _colsum64(e)
+        power = torch.mul(e, e, out=scratch)  # e^2, then e^3, then e^4, in place
+        self.s2 += _colsum64(power)
+        self.s3 += _colsum64(power.mul_(e))
+        self.s4 += _colsum64(power.mul_(e))
+
+    def add(self, other: "PowerSums") -> "PowerSums":
+        """Sum of two accumulations about the same centre (a new object)."""
+        if not torch.equal(self.centre, other.centre):
+            raise ValueError("power sums about different centres cannot be added; use Moments.merge")
+        return PowerSums(self.centre, self.count + other.count, self.s1 + other.s1, self.s2 + other.s2,
+                         self.s3 + other.s3, self.s4 + other.s4)
+
+    def to_moments(self) -> "Moments":
+        s1, s2, s3, s4, count = self.s1, self.s2, self.s3, self.s4, self.count
+        n = count.clamp_min(1)
+        mean = self.centre + s1 / n
+        m2 = s2 - s1 * s1 / n
+        m3 = s3 - 3 * s1 * s2 / n + 2 * s1**3 / n**2
+        m4 = s4 - 4 * s1 * s3 / n + 6 * s1**2 * s2 / n**2 - 3 * s1**4 / n**3
+        zero = count == 0
+        mean, m2, m3, m4 = (torch.where(zero, 0.0, t) for t in (mean, m2, m3, m4))
+        return Moments(count.clone(), mean, m2.clamp_min(0), m3, m4.clamp_min(0))
+
+
+@dataclass
 class Moments:
     """Per-channel central-moment sums (float64); shape () for a pooled scalar.
 
@@ -88,29 +148,17 @@ class Moments:
         n_rows, d = x.shape
         if n_rows == 0:
             out = cls.empty((d,))
+        elif valid is None:
+            sums = PowerSums.start(x)
+            sums.add_deviations(x - sums.centre.to(x.dtype))
+            out = sums.to_moments()
         else:
-            if valid is None:
-                count = torch.full((d,), float(n_rows), dtype=torch.float64)
-                centre = x.mean(0)  # (d,) working dtype, close to the mean
-                e = x - centre  # (n, d)
-            else:
-                count = valid.sum(0).double()
-                xz = torch.where(valid, x, torch.zeros((), dtype=x.dtype))
-                centre = xz.sum(0) / count.clamp_min(1).to(x.dtype)
-                e = torch.where(valid, x - centre, torch.zeros((), dtype=x.dtype))
-            e2 = e * e
-            s1 = _colsum64(e)
-            s2 = _colsum64(e2)
-            s3 = _colsum64(e2 * e)
-            s4 = _colsum64(e2 * e2)
-            n = count.clamp_min(1)
-            mean = centre.double() + s1 / n
-            m2 = s2 - s1 * s1 / n
-            m3 = s3 - 3 * s1 * s2 / n + 2 * s1**3 / n**2
-            m4 = s4 - 4 * s1 * s3 / n + 6 * s1**2 * s2 / n**2 - 3 * s1**4 / n**3
-            zero = count == 0
-            mean, m2, m3, m4 = (torch.where(zero, 0.0, t) for t in (mean, m2, m3, m4))
-            out = cls(count, mean, m2.clamp_min(0), m3, m4.clamp_min(0))
+            count = valid.sum(0).double()
+            xz = torch.where(valid, x, torch.zeros((), dtype=x.dtype))
+            sums = PowerSums.start_at((xz.sum(0) / count.clamp_min(1).to(x.dtype)).double())
+            e = torch.where(valid, x - sums.centre.to(x.dtype), torch.zeros((), dtype=x.dtype))
+            sums.add_deviations(e, count)
+            out = sums.to_moments()
         return out.pooled() if squeeze else out
 
     def merge(self, other: "Moments") -> "Moments":

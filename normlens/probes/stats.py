@@ -21,7 +21,11 @@ number of tokens:
   are excluded from every other statistic (not averaged in) and flagged.
 
 One tensor seen at two sites in the same forward (a Pre-LN block's input is
-also ln1's input) is reduced once.
+also ln1's input) is reduced once. The reduction itself (power sums about a
+fixed centre, histogram, top-k, counts) lives in :mod:`normlens.probes.reduce`
+and, on the CPU, runs as one fused numba pass per tensor
+(:mod:`normlens.probes.cpu_kernel`); position-0 rows are buffered and reduced
+in bulk, since a (batch, d) slice per forward is mostly per-call overhead.
 """
 from __future__ import annotations
 
@@ -38,17 +42,13 @@ import torch
 from normlens import sites as S
 from normlens.probes.attach import BatchContext, ModelInfo, Probe
 from normlens.probes.moments import Moments
-from normlens.probes.results import load_arrays, load_frame, save_arrays, save_frame
+from normlens.probes.reduce import CHUNK_ELEMENTS, N_HIST_BINS, GroupSums, Workspace, abs_histogram
+from normlens.probes.results import load_arrays, save_arrays, save_frame
 
-N_HIST_BINS = 1 << 15  # top 16 bits of a non-negative float32
+__all__ = ["ActivationStatsProbe", "ActivationStatsResult", "GroupStats", "abs_histogram",
+           "default_stat_sites", "histogram_quantile"]
+
 GROUPS = ("body", "first")
-CHUNK_ELEMENTS = 1 << 19  # entries reduced at once: temporaries stay under ~10 MB per site
-
-
-def abs_histogram(a: torch.Tensor) -> torch.Tensor:
-    """Counts of |x| (given as ``a`` >= 0) in 2^15 log-spaced bins, int64."""
-    bits = a.detach().float().contiguous().view(torch.int32) >> 16  # (n,) bin per entry
-    return torch.bincount(bits.reshape(-1), minlength=N_HIST_BINS)
 
 
 def _bin_edges(b: int) -> tuple[float, float]:
@@ -99,46 +99,17 @@ class GroupStats:
             self.hist = torch.zeros(N_HIST_BINS, dtype=torch.int64)
 
     @classmethod
+    def from_sums(cls, sums: GroupSums) -> "GroupStats":
+        channel, token_rms = sums.moments()
+        return cls(d=sums.d, top_k=sums.top_k, channel=channel, token_rms=token_rms, rms_max=sums.rms_max,
+                   max_abs=float(sums.top[0]) if sums.top.numel() else 0.0, top=sums.top.clone(),
+                   hist=sums.hist.clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
+                   nan=sums.nan, inf=sums.inf, nonfinite_tokens=sums.nonfinite_tokens)
+
+    @classmethod
     def from_batch(cls, x: torch.Tensor, top_k: int) -> "GroupStats":
-        """Statistics of ``x`` (n_tokens, d)."""
-        n, d = x.shape
-        out = cls(d=d, top_k=top_k)
-        if n == 0:
-            return out
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        out.n_entries, out.n_tokens = n * d, n
-        valid = None
-        if not torch.isfinite(x.sum()):  # slow path only when something is NaN/inf (or overflows)
-            valid = torch.isfinite(x)  # (n, d)
-            nan = int(torch.isnan(x).sum())
-            out.nan, out.inf = nan, int((~valid).sum()) - nan
-            if out.nan + out.inf == 0:
-                valid = None  # the sum overflowed, nothing is non-finite
-        if valid is None:
-            xc = x
-            out.channel = Moments.from_batch(x)
-            rms = torch.linalg.vector_norm(x, dim=-1) / math.sqrt(d)  # (n,)
-        else:
-            xc = torch.where(valid, x, torch.zeros((), dtype=x.dtype))
-            out.channel = Moments.from_batch(x, valid)
-            good_tok = valid.all(-1)  # (n,)
-            out.nonfinite_tokens = int((~good_tok).sum())
-            rms = (torch.linalg.vector_norm(xc, dim=-1) / math.sqrt(d))[good_tok]
-        out.token_rms = Moments.from_batch(rms)
-        out.rms_max = float(rms.max()) if rms.numel() else 0.0
-        a = xc.abs()  # (n, d)
-        tok_max = a.amax(-1)  # (n,)
-        k = min(top_k, n)
-        rows = torch.topk(tok_max, k).indices  # the top-k entries live in these rows
-        out.top = torch.topk(a[rows].reshape(-1), min(top_k, k * d)).values.double()
-        out.max_abs = float(out.top[0]) if out.top.numel() else 0.0
-        out.hist = abs_histogram(a)
-        n_bad = out.nan + out.inf
-        if n_bad:
-            out.hist[0] -= n_bad  # non-finite entries were zeroed, not observed
-        out.zeros = n * d - int(torch.count_nonzero(xc)) - n_bad
-        return out
+        """Statistics of ``x`` (..., d)."""
+        return cls.from_sums(GroupSums(x.shape[-1], top_k).reduce(x))
 
     def merge(self, other: "GroupStats") -> "GroupStats":
         if self.d != other.d:
@@ -302,53 +273,71 @@ class ActivationStatsProbe(Probe):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         self.top_k = top_k
         self.split_first = split_first
-        self._acc: dict[str, dict[str, GroupStats]] = {}
+        self.reset()
 
     def default_sites(self, info: ModelInfo) -> list[str]:
         return default_stat_sites(info)
 
     def reset(self) -> None:
-        self._acc = {}
+        self._acc: dict[str, dict[str, GroupSums]] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}  # site -> buffered position-0 rows
+        self._pending_entries: dict[str, int] = {}
+        self._workspace = Workspace()
 
     def update(self, site: str, x: torch.Tensor) -> None:
         """Add activations ``x`` (..., d) of ``site`` directly (no model needed)."""
-        self._merge(site, self._batch_stats(x))
+        self._add(site, x, None)
 
-    def _batch_stats(self, x: torch.Tensor) -> dict[str, GroupStats]:
+    def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
+        self._add(site, x, batch.shared)
+
+    def _add(self, site: str, seen: torch.Tensor, shared: dict | None) -> None:
+        x = seen.detach()  # a new object: ``seen`` itself identifies the tensor across sites
         if x.dim() == 0:
             x = x.reshape(1, 1)
         if x.dim() == 1:
             x = x[:, None]
         d = x.shape[-1]
         if self.split_first and x.dim() >= 3:
-            # (batch, pos, ..., d): position 0 apart from the rest
-            return {"body": self._chunked(x[:, 1:].reshape(-1, d)),
-                    "first": self._chunked(x[:, :1].reshape(-1, d))}
-        return {"body": self._chunked(x.reshape(-1, d))}
-
-    def _chunked(self, x: torch.Tensor) -> GroupStats:
-        """Rows in chunks of <= CHUNK_ELEMENTS entries, merged exactly: bounded temporaries."""
-        rows = max(1, CHUNK_ELEMENTS // max(x.shape[1], 1))
-        out = GroupStats.from_batch(x[:rows], self.top_k)
-        for start in range(rows, x.shape[0], rows):
-            out = out.merge(GroupStats.from_batch(x[start:start + rows], self.top_k))
-        return out
-
-    def _merge(self, site: str, batch: dict[str, GroupStats]) -> None:
-        acc = self._acc.get(site)
-        self._acc[site] = batch if acc is None else {g: acc[g].merge(batch[g]) for g in batch}
-
-    def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
-        key = (self.name, id(self), id(x))
-        memo = batch.shared.get(key)
-        if memo is not None and memo[0]() is x:  # the same tensor at another site
-            stats = memo[1]
+            self._buffer_first(site, x[:, :1])
+            rows_per_position = x[0, 0].numel() // d  # > 1 for per-head activations (b, p, h, d)
+            body, p0 = x.reshape(x.shape[0], -1, d), rows_per_position
         else:
-            stats = self._batch_stats(x)
-            batch.shared[key] = (weakref.ref(x), stats)
-        self._merge(site, stats)
+            body, p0 = x.reshape(1, -1, d), 0
+        acc = self._acc.setdefault(site, {})
+        key = (self.name, id(self), id(seen))
+        memo = shared.get(key) if shared is not None else None
+        total = acc.get("body")
+        if memo is not None and memo[0]() is seen and (total is None or total.same_centres(memo[1])):
+            part = memo[1]  # the same tensor, already reduced at another site
+        else:
+            part = (total.centred_like() if total is not None else GroupSums(d, self.top_k))
+            part.reduce_positions(body, p0, self._workspace)
+            if shared is not None:
+                shared[key] = (weakref.ref(seen), part)
+        acc["body"] = part if total is None else total.add(part)
+
+    def _buffer_first(self, site: str, rows: torch.Tensor) -> None:
+        self._pending.setdefault(site, []).append(rows.reshape(-1, rows.shape[-1]).clone())
+        self._pending_entries[site] = self._pending_entries.get(site, 0) + rows.numel()
+        if self._pending_entries[site] >= CHUNK_ELEMENTS // 4:
+            self._flush(site)
+
+    def _flush(self, site: str) -> None:
+        rows = self._pending.pop(site, None)
+        self._pending_entries.pop(site, None)
+        if not rows:
+            return
+        acc = self._acc.setdefault(site, {})
+        total = acc.get("first")
+        part = total.centred_like() if total is not None else GroupSums(rows[0].shape[-1], self.top_k)
+        part.reduce_positions(torch.cat(rows)[None], 0, self._workspace)
+        acc["first"] = part if total is None else total.add(part)
 
     def result(self) -> ActivationStatsResult:
+        for site in list(self._pending):
+            self._flush(site)
         sites = tuple(s for s in (self.sites or list(self._acc)) if s in self._acc)
         sites += tuple(s for s in self._acc if s not in sites)
-        return ActivationStatsResult(sites, {s: dict(self._acc[s]) for s in sites})
+        return ActivationStatsResult(sites, {s: {g: GroupStats.from_sums(self._acc[s][g]) for g in GROUPS
+                                                 if g in self._acc[s]} for s in sites})

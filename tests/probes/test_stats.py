@@ -6,7 +6,16 @@ import torch
 
 from normlens import sites as S
 from normlens.probes.attach import attach
+from normlens.probes.reduce import use_cpu_kernel
 from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult, histogram_quantile, abs_histogram
+
+
+@pytest.fixture(params=["cpu_kernel", "torch"])
+def reduction_path(request):
+    """Run a test once with the fused numba pass and once with the torch operations."""
+    previous = use_cpu_kernel(request.param == "cpu_kernel")
+    yield request.param
+    use_cpu_kernel(previous)
 
 
 def naive_summary(x):
@@ -23,7 +32,7 @@ def naive_summary(x):
             "zero_fraction": (flat == 0).double().mean()}
 
 
-def test_probe_matches_naive_on_stored_activations(model64, tokens):
+def test_probe_matches_naive_on_stored_activations(model64, tokens, reduction_path):
     site_names = [S.resid_pre(1), S.norm_out("blocks.0.ln2"), S.mlp_post(0), S.attn_out(1)]
     probe = ActivationStatsProbe(sites=site_names, top_k=4)
     _, cache = model64.run_with_cache(tokens)
@@ -45,7 +54,7 @@ def test_probe_matches_naive_on_stored_activations(model64, tokens):
     assert frame.loc[(S.mlp_post(0), "body"), "zero_fraction"] > 0.2  # ReLU zeros are counted
 
 
-def test_merging_batches_equals_one_pass(model64, tokens):
+def test_merging_batches_equals_one_pass(model64, tokens, reduction_path):
     one, parts = ActivationStatsProbe(top_k=3), ActivationStatsProbe(top_k=3)
     with attach(model64, one):
         model64(tokens)
@@ -66,7 +75,7 @@ def test_merging_batches_equals_one_pass(model64, tokens):
     np.testing.assert_allclose(a[num].to_numpy(float), c[num].to_numpy(float), rtol=1e-9, atol=1e-12)
 
 
-def test_nan_and_inf_are_counted_not_averaged():
+def test_nan_and_inf_are_counted_not_averaged(reduction_path):
     probe = ActivationStatsProbe(sites=None, top_k=2)
     x = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
     x[0, 1, 2] = float("nan")
@@ -100,3 +109,56 @@ def test_histogram_median_and_save_load(tmp_path):
 def test_bad_top_k():
     with pytest.raises(ValueError, match="top_k"):
         ActivationStatsProbe(top_k=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_paths_match_naive_on_wide_float32_and_per_head_tensors(dtype):
+    """Large enough for several threads and 128-row tiles; per-head (b, p, h, d) rows; exact zeros."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(5, 70, 3, 40, generator=g) * torch.linspace(0.1, 30, 40) + 2.0).to(dtype)
+    x[1, 4, 2, :9] = 0.0
+    x[3, 9, 0, 5] = 250.0  # a massive activation
+    frames = {}
+    for enabled in (True, False):
+        previous = use_cpu_kernel(enabled)
+        try:
+            probe = ActivationStatsProbe(top_k=3)
+            probe.update("s", x)
+            frames[enabled] = probe.result().to_frame().set_index("group")
+        finally:
+            use_cpu_kernel(previous)
+    body = x[:, 1:].double()
+    rows = body.reshape(-1, 40)
+    flat = rows.reshape(-1)
+    mu = flat.mean()
+    dev = flat - mu
+    m2 = (dev**2).mean()
+    rms = rows.pow(2).mean(-1).sqrt()
+    want = {"mean": mu, "variance": m2, "skewness": (dev**3).mean() / m2**1.5,
+            "excess_kurtosis": (dev**4).mean() / m2**2 - 3, "rms_mean": rms.mean(), "rms_std": rms.std(unbiased=False),
+            "rms_max": rms.max(), "max_abs": flat.abs().max(), "top3_abs": flat.abs().topk(3).values[2],
+            "zero_fraction": (flat == 0).double().mean(), "n_tokens": rows.shape[0]}
+    tol = 1e-10 if dtype == torch.float64 else 2e-6
+    for enabled, frame in frames.items():
+        row = frame.loc["body"]
+        for key, value in want.items():
+            assert math.isclose(row[key], float(value), rel_tol=tol, abs_tol=1e-9), (enabled, key)
+        assert abs(row["median_abs"] / float(flat.abs().median()) - 1) < 2 ** -7
+        assert frame.loc["first", "n_tokens"] == 5 * 3
+    assert row["zero_fraction"] > 0
+
+
+def test_kernel_falls_back_on_overflow_and_nonfinite_rows():
+    """Finite float32 values whose 4th powers overflow, and a NaN row, still give exact float64 answers."""
+    x = torch.full((2, 300, 8), 1e12)
+    x[:, :, ::2] = -1e12
+    x[1, 17, 3] = float("nan")
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", x)
+    row = probe.result().to_frame().iloc[0]
+    finite = x.double().reshape(-1)
+    finite = finite[torch.isfinite(finite)]
+    assert row.nan_count == 1 and row.nonfinite_tokens == 1
+    assert math.isclose(row["variance"], float(finite.var(unbiased=False)), rel_tol=1e-12)
+    assert math.isclose(row["excess_kurtosis"], float(((finite - finite.mean())**4).mean() / finite.var(unbiased=False)**2 - 3),
+                        rel_tol=1e-9, abs_tol=1e-9)
