@@ -107,7 +107,7 @@ def register(app) -> None:
     @app.command("hessian")
     def hessian(
         spec: str = typer.Argument(..., help="Checkpoint folder written by `normlens train`, or a Hugging Face model name."),
-        out: Path = typer.Option(Path("hessian_out"), "--out", "-o", help="Output folder for data and plots."),
+        out: Path = typer.Option(Path("hessian-out"), "--out", "-o", help="Output folder for data and plots."),
         k: int = typer.Option(5, help="Eigenpairs per end."),
         which: str = typer.Option("largest", help=f"Spectrum end: {', '.join(WHICH)}."),
         params: Optional[str] = typer.Option(None, help="Parameter subset: all, norms, weights, attn, mlp, or a name regex."),

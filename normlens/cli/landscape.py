@@ -156,4 +156,7 @@ def register(app: typer.Typer) -> None:
             )
 
         written = run_or_exit(job)
-        typer.echo(f"wrote the landscape to {written}")
+        from normlens.landscape.distributed import world
+
+        if world()[0] == 0:  # under torchrun only rank 0 writes
+            typer.echo(f"wrote the landscape to {written}")
