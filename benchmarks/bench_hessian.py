@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.func import functional_call, jacrev
 
 import normlens
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 from normlens.curvature import HessianOperator, compute_eigenpairs
 from normlens.curvature.operators import lm_loss_from_logits
 
@@ -25,13 +26,7 @@ REPEATS = 5
 
 
 def median_time(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, warmup=True)
 
 
 class LogitsForPyHessian(nn.Module):

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from timing import seconds  # noqa: E402  (benchmarks/timing.py)
 
 
 def zoo_model_and_tokens(n_seq: int):
@@ -82,13 +83,6 @@ def loss_landscapes_plane(model, tokens, steps: int):
     return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
 
 
-def median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
@@ -105,8 +99,8 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
     loss_landscapes_plane(baseline_model, tokens, 3)
     ours, theirs = [], []
     for _ in range(repeats):  # alternate so both see the same background load
-        ours.append(median_time(lambda: normlens_plane(model, tokens, 21), 1)[0])
-        theirs.append(median_time(lambda: loss_landscapes_plane(baseline_model, tokens, 21), 1)[0])
+        ours.append(seconds(lambda: normlens_plane(model, tokens, 21)))
+        theirs.append(seconds(lambda: loss_landscapes_plane(baseline_model, tokens, 21)))
     ours_result = normlens_plane(model, tokens, 21)
     theirs_surface = loss_landscapes_plane(baseline_model, tokens, 21)
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)

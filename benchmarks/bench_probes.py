@@ -27,7 +27,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import normlens  # noqa: E402
+from timing import median_seconds, seconds  # noqa: E402  (benchmarks/timing.py)
 from normlens.probes.attach import attach  # noqa: E402
 from normlens.probes.attention import attention_entropy, pattern_entropy  # noqa: E402
 from normlens.probes.stats import ActivationStatsProbe, default_stat_sites  # noqa: E402
@@ -104,10 +104,10 @@ def child(mode: str) -> dict:
         torch.save(ent, "/tmp/_bench_probes_entropy_%s.pt" % mode)
         return {"peak_mb": (after - before) / 1024}
     model, tokens = _model(1024), _tokens(4, 1024)
-    # warm-up on 8 tokens: the bridge registers its own hooks on first use, and the probe's
-    # compiled reduction is loaded once per process (library code, not activation memory)
-    _plain(model, tokens[:, :8])
-    {"plain": _plain, "probes": _with_probes, "cache": _stats_from_cache}[mode](model, tokens[:, :8])
+    # warm-up on 4 x 64 tokens: the bridge registers its own hooks on first use, and the probe's
+    # compiled reduction is loaded and its worker thread started once per process (not activation memory)
+    _plain(model, tokens[:, :64])
+    {"plain": _plain, "probes": _with_probes, "cache": _stats_from_cache}[mode](model, tokens[:, :64])
     _reset_peak()
     before = _peak_kb()
     {"plain": _plain, "probes": lambda m, t: _with_probes(m, t, True), "cache": _stats_from_cache}[mode](
@@ -120,13 +120,6 @@ def _run_child(mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(quick: bool = False) -> None:
@@ -136,11 +129,15 @@ def main(quick: bool = False) -> None:
     _plain(model, tokens)
     plain, probed, results = [], [], []
     for _ in range(repeats):  # alternate so load from other processes hits both alike
-        plain.append(_median_time(lambda: _plain(model, tokens), 1))
-        start = time.perf_counter()
-        probe = _with_probes(model, tokens)
-        probed.append(time.perf_counter() - start)
-        results.append(_median_time(probe.result, 1))
+        plain.append(median_seconds(lambda: _plain(model, tokens), 1))
+        probe = None
+
+        def forward():
+            nonlocal probe
+            probe = _with_probes(model, tokens)
+
+        probed.append(seconds(forward))
+        results.append(median_seconds(probe.result, 1))
     t_plain, t_probe, t_result = (statistics.median(t) for t in (plain, probed, results))
     print(f"[1] forward with statistics probes / plain forward (16x256, 4L, d256): "
           f"{t_probe / t_plain:.2f}x  ({t_probe * 1e3:.0f} ms vs {t_plain * 1e3:.0f} ms; target <= 1.3x)")
@@ -154,10 +151,12 @@ def main(quick: bool = False) -> None:
     _stats_from_cache(model, tokens[:, :8])
     cached, probed = [], []
     for _ in range(repeats):  # alternating, as in [1]
-        cached.append(_median_time(lambda: _stats_from_cache(model, tokens), 1))
-        probed.append(_median_time(lambda: _with_probes(model, tokens, True), 1))
+        cached.append(median_seconds(lambda: _stats_from_cache(model, tokens), 1))
+        probed.append(median_seconds(lambda: _with_probes(model, tokens, True), 1))
     t_cache, t_probe = statistics.median(cached), statistics.median(probed)
-    mem = {mode: _run_child(mode)["peak_mb"] for mode in ("plain", "probes", "cache")}
+    # median of 3 fresh processes per mode: the peak RSS of one run varies by ~+-20 MB
+    mem = {mode: statistics.median(_run_child(mode)["peak_mb"] for _ in range(3))
+           for mode in ("plain", "probes", "cache")}
     extra_probe = max(mem["probes"] - mem["plain"], 0.0)
     extra_cache = mem["cache"] - mem["plain"]
     print(f"[2] context 1024 (4x1024): probes / (run_with_cache + stats) time: {t_probe / t_cache:.2f}x "

@@ -58,7 +58,22 @@ class _Norm(nn.Module):
         return f"d_model={self.d_model}, eps={self.eps}{extra}"
 
 
-class LayerNorm(_Norm):
+class _FusableNorm(_Norm):
+    """A norm with a fused Triton path on CUDA and the torch code of :meth:`_normalize`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
+            fused = fused_forward(self, x)
+            if fused is not None:
+                return fused
+        return self._finish(self._normalize(_upcast(x)), x.dtype)
+
+    def _normalize(self, xf: torch.Tensor) -> torch.Tensor:
+        """The affine output before ``output_scale``, from float32/64 input ``xf``."""
+        raise NotImplementedError
+
+
+class LayerNorm(_FusableNorm):
     """LayerNorm with ``hook_scale`` = sqrt(var + eps), shape (..., 1)."""
 
     kind = "ln"
@@ -70,19 +85,14 @@ class LayerNorm(_Norm):
         self.hook_scale = HookPoint()  # (..., 1)
         self.hook_normalized = HookPoint()  # (..., d_model), before the affine step
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
-            fused = fused_forward(self, x)
-            if fused is not None:
-                return fused
-        xf = _upcast(x)
+    def _normalize(self, xf: torch.Tensor) -> torch.Tensor:
         centred = xf - xf.mean(-1, keepdim=True)
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         normalized = self.hook_normalized(centred / scale)
-        return self._finish(normalized * self.weight + self.bias, x.dtype)
+        return normalized * self.weight + self.bias
 
 
-class RMSNorm(_Norm):
+class RMSNorm(_FusableNorm):
     """RMSNorm with ``hook_scale`` = sqrt(mean(x^2) + eps), shape (..., 1)."""
 
     kind = "rms"
@@ -93,18 +103,12 @@ class RMSNorm(_Norm):
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
-            fused = fused_forward(self, x)
-            if fused is not None:
-                return fused
-        xf = _upcast(x)
+    def _normalize(self, xf: torch.Tensor) -> torch.Tensor:
         scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        normalized = self.hook_normalized(xf / scale)
-        return self._finish(normalized * self.weight, x.dtype)
+        return self.hook_normalized(xf / scale) * self.weight
 
 
-class DyT(_Norm):
+class DyT(_FusableNorm):
     """Dynamic Tanh: ``hook_pre_tanh`` = alpha*x, ``hook_normalized`` = tanh(alpha*x)."""
 
     kind = "dyt"
@@ -119,14 +123,9 @@ class DyT(_Norm):
         self.hook_pre_tanh = HookPoint()
         self.hook_normalized = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:  # fused Triton kernels when switched on (normlens.kernels.use_fused)
-            fused = fused_forward(self, x)
-            if fused is not None:
-                return fused
-        xf = _upcast(x)
+    def _normalize(self, xf: torch.Tensor) -> torch.Tensor:
         squashed = self.hook_normalized(torch.tanh(self.hook_pre_tanh(self.alpha * xf)))
-        return self._finish(squashed * self.weight + self.bias, x.dtype)
+        return squashed * self.weight + self.bias
 
 
 class NoNorm(_Norm):

@@ -84,9 +84,11 @@ def _reduce(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover - co
     row_sq = np.empty(n_rows)
     row_max = np.empty(n_rows, np.float32)
     per_block = (n_rows + n_blocks - 1) // n_blocks
+    # every array is allocated here, none in the threads (no per-thread malloc arenas)
+    tiles = np.zeros((n_blocks, 4, d), x.dtype)
+    c = centre.astype(x.dtype)
     for block in numba.prange(n_blocks):
-        tile = np.zeros((4, d), x.dtype)
-        c = centre.astype(x.dtype)
+        tile = tiles[block]
         counts = hist[block]
         in_tile = 0
         z = 0

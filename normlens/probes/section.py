@@ -55,31 +55,29 @@ def _build_section(study) -> ReportSection:
     for frame, file in ((stats, "activation_stats.parquet"), (heads, "attention_heads.parquet"),
                         (blocks, "blocks.parquet"), (linear, "linear_probes.parquet"), (summary, "summary.parquet")):
         save_frame(frame, out / file)
-    figures = []
-    fig, axes = _grid(len(names))
-    for ax, n in zip(axes, names):
-        plot_entropy_heatmap(results[n].entropy, ax=ax, title=n)
-    figures.append(Figure.from_matplotlib(fig, "Mean normalized attention entropy per layer and head "
-                                               "(> 0.75: entropic overload)."))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    plot_residual_growth({n: r.growth for n, r in results.items()}, ax=ax)
-    figures.append(Figure.from_matplotlib(fig, "Residual-stream RMS vs depth, all models."))
-    fig, axes = _grid(len(names))
-    for ax, n in zip(axes, names):
-        plot_s_curve(results[n].s_curve, ax=ax, title=n)
-    figures.append(Figure.from_matplotlib(fig, "Norm input vs output samples per slot (DyT S-curve)."))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if len(stats):
-        plot_kurtosis_and_massive(stats, ax=ax)
-    figures.append(Figure.from_matplotlib(fig, "Residual stream: excess kurtosis and max/median |x| per depth."))
-    fig, axes = _grid(len(names))
-    for ax, n in zip(axes, names):
-        plot_angular_heatmap(results[n].effectiveness, ax=ax, title=n)
-    figures.append(Figure.from_matplotlib(fig, "Angular distance arccos(cos)/π between residual depths."))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    if len(linear):
-        plot_probe_accuracy(linear, ax=ax)
-    figures.append(Figure.from_matplotlib(fig, "Linear (ridge) probes per depth: token accuracy, position R²."))
+    def per_model(plot, field: str, caption: str) -> Figure:
+        fig, axes = _grid(len(names))
+        for ax, n in zip(axes, names):
+            plot(getattr(results[n], field), ax=ax, title=n)
+        return Figure.from_matplotlib(fig, caption)
+
+    def one_axis(draw, size: tuple[float, float], caption: str) -> Figure:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax)
+        return Figure.from_matplotlib(fig, caption)
+
+    figures = [
+        per_model(plot_entropy_heatmap, "entropy",
+                  "Mean normalized attention entropy per layer and head (> 0.75: entropic overload)."),
+        one_axis(lambda ax: plot_residual_growth({n: r.growth for n, r in results.items()}, ax=ax), (5, 3.2),
+                 "Residual-stream RMS vs depth, all models."),
+        per_model(plot_s_curve, "s_curve", "Norm input vs output samples per slot (DyT S-curve)."),
+        one_axis(lambda ax: len(stats) and plot_kurtosis_and_massive(stats, ax=ax), (6, 3.2),
+                 "Residual stream: excess kurtosis and max/median |x| per depth."),
+        per_model(plot_angular_heatmap, "effectiveness", "Angular distance arccos(cos)/π between residual depths."),
+        one_axis(lambda ax: len(linear) and plot_probe_accuracy(linear, ax=ax), (5, 3.2),
+                 "Linear (ridge) probes per depth: token accuracy, position R²."),
+    ]
     flagged = stats[stats.flagged] if len(stats) else stats
     if len(flagged):
         notes.append(f"NaN/inf activations at {len(flagged)} (model, site) pairs; they are counted, not averaged in.")
