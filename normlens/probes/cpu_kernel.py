@@ -19,6 +19,8 @@ reads the activations once instead of ~15 times (measured on the project's
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import numba
 import torch
@@ -73,8 +75,7 @@ def _flush(tile, total):  # pragma: no cover - compiled
             tile[k, j] = 0
 
 
-@numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-def _reduce(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover - compiled
+def _reduce_rows(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover - compiled
     n_batch, n_pos, d = x.shape
     width = n_pos - p0
     n_rows = n_batch * width
@@ -125,6 +126,15 @@ def _reduce(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover - co
     return total, hist.astype(np.int64).sum(0), scalars, row_max
 
 
+_reduce_parallel = numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)(_reduce_rows)
+# A process forked from one whose OpenMP pool is running must not use that pool
+# (GNU OpenMP aborts the child): forked children run the same loop on one thread.
+# (not cached: numba's cache would hand it the parallel build of the same function)
+_reduce_serial = numba.njit(nogil=True, boundscheck=False)(_reduce_rows)
+_PROCESS = {"forked": False}
+os.register_at_fork(after_in_child=lambda: _PROCESS.update(forked=True))
+
+
 def reduce_rows(x: torch.Tensor, p0: int, centre: torch.Tensor, rms_centre: float):
     """Sums over rows ``x[:, p0:]`` of a C-contiguous CPU float32/float64 tensor (B, P, D).
 
@@ -135,7 +145,11 @@ def reduce_rows(x: torch.Tensor, p0: int, centre: torch.Tensor, rms_centre: floa
     """
     if x.numel() >= 1 << 31:
         raise ValueError("reduce at most 2^31 entries per call (the histogram counts are int32)")
-    n_blocks = max(1, min(numba.get_num_threads(), x.shape[0] * (x.shape[1] - p0) // 64))
+    n_rows = x.shape[0] * (x.shape[1] - p0)
+    if _PROCESS["forked"]:
+        kernel, n_blocks = _reduce_serial, 1
+    else:
+        kernel, n_blocks = _reduce_parallel, max(1, min(numba.get_num_threads(), n_rows // 64))
     bits = (x if x.dtype == torch.float32 else x.float()).view(torch.int32)  # |x| bins from float32 bits
-    out = _reduce(x.numpy(), bits.numpy(), p0, centre.numpy(), float(rms_centre), n_blocks)
+    out = kernel(x.numpy(), bits.numpy(), p0, centre.numpy(), float(rms_centre), n_blocks)
     return tuple(torch.from_numpy(a) for a in out)

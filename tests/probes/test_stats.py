@@ -162,3 +162,27 @@ def test_kernel_falls_back_on_overflow_and_nonfinite_rows():
     assert math.isclose(row["variance"], float(finite.var(unbiased=False)), rel_tol=1e-12)
     assert math.isclose(row["excess_kurtosis"], float(((finite - finite.mean())**4).mean() / finite.var(unbiased=False)**2 - 3),
                         rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _variance_in_child(queue):
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", torch.randn(8, 200, 64, generator=torch.Generator().manual_seed(5)))
+    queue.put(float(probe.result().to_frame().iloc[0]["variance"]))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_statistics_work_in_a_process_forked_after_the_parallel_pass_ran():
+    """GNU OpenMP aborts a forked child that enters the parent's thread pool; the child runs serially."""
+    import multiprocessing
+
+    x = torch.randn(8, 200, 64, generator=torch.Generator().manual_seed(5))
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", x)  # large enough for the parallel pass: the parent's pool is running
+    want = float(probe.result().to_frame().iloc[0]["variance"])
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_variance_in_child, args=(queue,))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    assert math.isclose(queue.get(timeout=5), want, rel_tol=1e-6)  # float32 tiles split differently
