@@ -21,6 +21,7 @@ from normlens.curvature.operators import METHODS, HessianOperator
 from normlens.curvature.trace import estimate_trace
 from normlens.curvature.weight_spectra import compute_weight_spectra
 from normlens.io import write_json
+from normlens.report import write_report
 from normlens.report.section import Figure, ReportSection, Table
 
 
@@ -40,7 +41,7 @@ def run_hessian(
     blocks: bool = True,
     seed: int = 0,
 ) -> ReportSection:
-    """Run every Hessian analysis on ``model`` over ``tokens``; save data and PNGs to ``out_dir``."""
+    """Run every Hessian analysis on ``model`` over ``tokens``; save data, PNGs and ``report.html`` to ``out_dir``."""
     import matplotlib.pyplot as plt
 
     from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
@@ -90,7 +91,7 @@ def run_hessian(
     notes = [] if eigen.all_converged else [
         f"{int((~eigen.converged).sum())} eigenpairs did not converge; see the residuals."
     ]
-    return ReportSection(
+    section = ReportSection(
         f"Hessian spectra: {name}",
         f"Top eigenvalue {eigen.eigenvalues[0]:.4g}, trace {trace.estimate:.4g} ± {trace.std_error:.2g}, "
         f"re={density.re:.3g}, Kh={density.kh:.3g} over {op.shape[0]} parameters.",
@@ -98,6 +99,8 @@ def run_hessian(
         [Table("Eigenpairs", eigen.to_frame()), Table("Weight spectra", weights.to_frame())],
         notes,
     )
+    write_report(out_dir / "report.html", [section], title=f"normlens hessian: {name}")
+    return section
 
 
 def register(app) -> None:
@@ -143,4 +146,4 @@ def register(app) -> None:
 
         section = run_or_exit(job)
         typer.echo(section.summary)
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote the data and report.html to {out}")

@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import pandas as pd
 import typer
+
+from normlens.report import Figure, ReportSection, Table, write_report
 
 AXES = ("random", "hessian", "pca", "interpolate")
 
@@ -58,8 +61,9 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
                   model_name: str = "", eval_name: str = "", accuracy: bool = False) -> Path:
     """Compute, save and plot a landscape of ``model`` over ``tokens``; returns ``out``.
 
-    Writes ``landscape.npz`` (the surface), ``metrics.json``, ``directions.safetensors``
-    and PNG plots under ``out``; ``grid_file`` (default ``out/grid.npz``) makes the run resumable.
+    Writes ``landscape.npz`` (the surface), ``metrics.json``, ``directions.safetensors``,
+    PNG plots and ``report.html`` under ``out``; ``grid_file`` (default ``out/grid.npz``)
+    makes the run resumable.
     """
     import matplotlib.pyplot as plt
 
@@ -86,19 +90,43 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
         return out
     result.save(out / "landscape.npz")
     directions.save(out / "directions.safetensors")
+    metrics = None
     if min(len(c) for c in result.coords) >= 3:
         reach = min(max(abs(lo), abs(hi)) for lo, hi in result.ranges)
         metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1)
         metrics.save(out / "metrics.json")
-    if result.ndim == 1:
-        ax = plot_landscape_1d(result, log=log_scale)
-        ax.figure.savefig(out / "landscape_1d.png", dpi=110, bbox_inches="tight")
-    else:
-        for name, draw in (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)):
-            ax = draw(result, log=log_scale)
-            ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    plots = ((("landscape_1d", plot_landscape_1d),) if result.ndim == 1 else
+             (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)))
+    figures = []
+    for name, draw in plots:
+        ax = draw(result, log=log_scale)
+        ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+        figures.append(Figure.from_matplotlib(ax.figure, f"{name.replace('_', ' ')}: {model_name or 'model'}"))
     plt.close("all")
+    write_report(out / "report.html", [_section(result, metrics, figures, model_name)],
+                 title=f"normlens landscape: {model_name or 'model'}")
     return out
+
+
+def _section(result, metrics, figures, model_name: str) -> ReportSection:
+    """One landscape as a report section: the plots, the metrics and how the surface was made."""
+    import numpy as np
+
+    finite = np.isfinite(result.loss)
+    rows = {"centre loss f(0)": result.center_loss, "min loss": float(np.nanmin(np.where(finite, result.loss, np.nan)))
+            if finite.any() else float("nan"), "non-finite cells": int((~finite).sum()),
+            "cells": int(result.loss.size)}
+    if metrics is not None:
+        rows |= {k: v for k, v in metrics.to_dict().items() if isinstance(v, (int, float))}
+    table = pd.DataFrame({"quantity": list(rows), "value": list(rows.values())})
+    return ReportSection(
+        f"Loss landscape: {model_name or 'model'}",
+        f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "
+        f"evaluation set {result.eval_name or 'given tokens'}.",
+        figures, [Table("Surface and metrics", table)],
+        [f"{int((~finite).sum())} cells are NaN/inf (diverged); they are masked in the plots."] if (~finite).any()
+        else [],
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`normlens probe SPEC`: run every probe on a checkpoint or Hugging Face model; write data and figures."""
+"""`normlens probe SPEC`: run every probe on a checkpoint or Hugging Face model; write data and a report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,30 +6,27 @@ from pathlib import Path
 import typer
 
 
-def probe_model(model, tokens, out: Path, seed: int = 0) -> Path:
-    """Run the probe suite on ``model`` and write its data (Parquet/NPZ/JSON) and figures under ``out``."""
-    import matplotlib.pyplot as plt
+def probe_model(model, tokens, out: Path, seed: int = 0, name: str = "model") -> Path:
+    """Run the probe suite on ``model``; write its data (Parquet/NPZ/JSON) and ``report.html`` under ``out``."""
+    import time
 
-    from normlens.plots.probes import plot_angular_heatmap, plot_entropy_heatmap, plot_s_curve
+    from normlens.probes.section import probes_section
     from normlens.probes.suite import run_probe_suite
+    from normlens.report import write_report
 
+    start = time.perf_counter()
     result = run_probe_suite(model, tokens, seed=seed)
     result.save(out)
-    for name, draw in (("entropy", lambda ax: plot_entropy_heatmap(result.entropy, ax=ax)),
-                       ("s_curve", lambda ax: plot_s_curve(result.s_curve, ax=ax)),
-                       ("angular", lambda ax: plot_angular_heatmap(result.effectiveness, ax=ax))):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        draw(ax)
-        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    return out
+    section = probes_section({name: result}, None, seconds=time.perf_counter() - start,
+                             tokens_shape=tuple(tokens.shape))
+    return write_report(out / "report.html", [section], title=f"normlens probes: {name}")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("probe")
     def probe(
         spec: str = typer.Argument(..., help="checkpoint folder written by `normlens train`, or a HF model name"),
-        out: Path = typer.Option(Path("probes-out"), "--out", help="folder for the data and figures"),
+        out: Path = typer.Option(Path("probes-out"), "--out", help="folder for the data and report.html"),
         n_seq: int = typer.Option(16, "--n-seq", min=1, help="held-out sequences to probe"),
         n_ctx: int = typer.Option(0, "--n-ctx", min=0, help="tokens per sequence (0: the model's context)"),
         seed: int = typer.Option(0, "--seed", help="seed for data windows and sampling"),
@@ -52,5 +49,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: --n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model", err=True)
             raise typer.Exit(2)
         tokens = eval_windows(load_embedded(), n_seq=n_seq, n_ctx=ctx, seed=seed)
-        probe_model(model.eval(), tokens, out, seed)
-        typer.echo(f"wrote probe data and figures to {out}")
+        report = probe_model(model.eval(), tokens, out, seed, name=spec)
+        typer.echo(f"wrote probe data to {out} and the report to {report}")

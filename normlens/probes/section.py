@@ -31,7 +31,6 @@ def build_section(study) -> ReportSection:
 
 def _build_section(study) -> ReportSection:
     start = time.perf_counter()
-    out = study.data_dir / "probes"
     tokens = study.eval_tokens[:8]
     results, notes = {}, []
     for name, model in study.models.items():
@@ -44,7 +43,16 @@ def _build_section(study) -> ReportSection:
         except (RuntimeError, ValueError) as err:  # a broken model must not take the report down
             notes.append(f"{name}: probes failed ({err}).")
             continue
-        results[name].save(out / name.replace("→", "-to-"))
+        results[name].save(study.data_dir / "probes" / name.replace("→", "-to-"))
+    return probes_section(results, study.data_dir / "probes", notes=notes, seconds=time.perf_counter() - start,
+                          tokens_shape=tuple(tokens.shape))
+
+
+def probes_section(results: dict, out, *, notes: list[str] | None = None, seconds: float | None = None,
+                   tokens_shape: tuple[int, ...] | None = None) -> ReportSection:
+    """The report section for probe-suite results of one or more models (``name -> ProbeSuiteResult``),
+    side by side; the combined tables are also written to ``out`` as Parquet (unless ``out`` is None)."""
+    notes = list(notes or [])
     names = list(results)
     stats = pd.concat([r.stats.to_frame().assign(model=n) for n, r in results.items()], ignore_index=True)
     heads = pd.concat([r.entropy.head_frame().assign(model=n) for n, r in results.items()], ignore_index=True)
@@ -54,7 +62,9 @@ def _build_section(study) -> ReportSection:
                              "flagged_sites": int(r.stats.to_frame().flagged.sum())} for n, r in results.items()])
     for frame, file in ((stats, "activation_stats.parquet"), (heads, "attention_heads.parquet"),
                         (blocks, "blocks.parquet"), (linear, "linear_probes.parquet"), (summary, "summary.parquet")):
-        save_frame(frame, out / file)
+        if out is not None:
+            save_frame(frame, out / file)
+
     def per_model(plot, field: str, caption: str) -> Figure:
         fig, axes = _grid(len(names))
         for ax, n in zip(axes, names):
@@ -83,7 +93,8 @@ def _build_section(study) -> ReportSection:
         notes.append(f"NaN/inf activations at {len(flagged)} (model, site) pairs; they are counted, not averaged in.")
     notes.append("Median |x| from a log-binned histogram (bins of 2^(1/128), 0.8 % relative); entropy computed "
                  "block-wise from q and k, never storing the attention matrix.")
-    notes.append(f"Probes took {time.perf_counter() - start:.1f} s on {tokens.shape[0]}×{tokens.shape[1]} tokens.")
+    if seconds is not None and tokens_shape is not None:
+        notes.append(f"Probes took {seconds:.1f} s on {'×'.join(map(str, tokens_shape))} tokens.")
     cols = ["model", "site", "group", "variance", "excess_kurtosis", "max_abs", "median_abs", "massive_ratio",
             "zero_fraction", "nan_count"]
     return ReportSection(

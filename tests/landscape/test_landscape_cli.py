@@ -28,8 +28,10 @@ def test_run_landscape_writes_surface_metrics_directions_and_plots(tmp_path):
     result = LandscapeResult.load(out / "landscape.npz")
     assert result.loss.shape == (3, 3) and result.ranges == ((-0.5, 0.5), (-0.5, 0.5))
     Directions.load(out / "directions.safetensors").check_fits(model)
-    for name in ("metrics.json", "landscape_2d.png", "landscape_3d.png", "grid.npz"):
+    for name in ("metrics.json", "landscape_2d.png", "landscape_3d.png", "grid.npz", "report.html"):
         assert (out / name).exists()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "centre loss" in html
 
 
 def test_interpolation_axis_defaults_to_a_range_past_both_ends(tmp_path):

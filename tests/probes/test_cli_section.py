@@ -8,13 +8,17 @@ from normlens.probes.section import build_section
 from normlens.study import ZooStudy
 
 
-def test_probe_model_writes_data(tmp_path):
+def test_probe_model_writes_data_and_an_offline_report(tmp_path):
     model = normlens.build_model(norm="rms", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval()
     tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
-    probe_model(model, tokens, tmp_path)
+    report = probe_model(model, tokens, tmp_path, name="tiny-rms")
     for name in ("activation_stats.parquet", "attention_heads.parquet", "s_curve.npz", "angular.parquet",
-                 "linear_probes.parquet", "entropy.png"):
+                 "linear_probes.parquet"):
         assert (tmp_path / name).exists(), name
+    html = report.read_text()
+    assert report == tmp_path / "report.html" and "tiny-rms" in html
+    assert html.count("data:image/png;base64,") == 6
+    assert "http://" not in html and "https://" not in html  # opens offline
 
 
 def test_cli_bad_spec_exits_2(tmp_path):
