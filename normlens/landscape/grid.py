@@ -233,8 +233,9 @@ def _auto_batching(model: nn.Module, evaluator: PointEvaluator, n_cells: int,
     per_point_params = sum(t.numel() * t.element_size() for t in evaluator.theta.values())
     n_items = items.shape[0]
     items_per_batch = int(min(n_items, max(1, memory_bytes // (8 * per_item))))
-    points = int(memory_bytes // (items_per_batch * per_item + per_point_params + 1))
-    return int(min(max(points, 1), 64, n_cells)), items_per_batch
+    points = int(min(max(memory_bytes // (items_per_batch * per_item + per_point_params + 1), 1), 64, n_cells))
+    n_chunks = -(-n_cells // points)
+    return -(-n_cells // n_chunks), items_per_batch  # equal chunks: no small last one
 
 
 def compute_landscape(
