@@ -83,7 +83,7 @@ def _reduce_rows(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover
     hist = np.zeros((n_blocks, N_BINS), np.int32)  # <= 2^31 entries per call (checked by the caller)
     zeros = np.zeros(n_blocks, np.int64)
     row_sq = np.empty(n_rows)
-    row_max = np.empty(n_rows, np.float32)
+    row_max = np.empty(n_rows, x.dtype)  # exact for float64 rows too: the top-k rows are ranked by it
     per_block = (n_rows + n_blocks - 1) // n_blocks
     # every array is allocated here, none in the threads (no per-thread malloc arenas)
     tiles = np.zeros((n_blocks, 4, d), x.dtype)
@@ -141,7 +141,7 @@ def reduce_rows(x: torch.Tensor, p0: int, centre: torch.Tensor, rms_centre: floa
     Returns torch tensors: power sums about ``centre`` (4, D) float64; the
     histogram (2^15,) int64; scalars (7,) float64 = (zeros, the four power sums
     of per-row RMS about ``rms_centre``, largest RMS, 1 if any sum or RMS is not
-    finite else 0); per-row max |x| (n,) float32.
+    finite else 0); per-row max |x| (n,) in x's dtype.
     """
     if x.numel() >= 1 << 31:
         raise ValueError("reduce at most 2^31 entries per call (the histogram counts are int32)")

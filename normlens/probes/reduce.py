@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; this guards odd
     cpu_kernel = None
 
 N_HIST_BINS = 1 << 15  # top 16 bits of a non-negative float32
-CHUNK_ELEMENTS = 1 << 20  # entries reduced at once: ~4 MB per float32 temporary
+CHUNK_ELEMENTS = 1 << 20  # entries reduced at once by the torch path: ~4 MB per float32 temporary
+KERNEL_MAX_ELEMENTS = 1 << 30  # entries per fused pass (its histogram counts are int32)
 
 
 def abs_histogram(a: torch.Tensor) -> torch.Tensor:
@@ -100,6 +101,18 @@ def row_chunks(x: torch.Tensor, max_elements: int = CHUNK_ELEMENTS) -> Iterator[
     else:
         for sub in x:
             yield from row_chunks(sub, max_elements)
+
+
+def _kernel_parts(x: torch.Tensor, p0: int) -> Iterator[torch.Tensor]:
+    """Contiguous slices of ``x`` (B, P, D) along B, each under :data:`KERNEL_MAX_ELEMENTS` entries
+    when one batch element fits (the kernel's histogram counts are int32); else one element each."""
+    per_item = max(x[0].numel(), 1)
+    step = max(1, KERNEL_MAX_ELEMENTS // per_item)
+    if x.shape[0] <= step:
+        yield x
+        return
+    for start in range(0, x.shape[0], step):
+        yield x[start:start + step]
 
 
 def _first_rows(x: torch.Tensor, n: int = 64) -> torch.Tensor:
@@ -169,10 +182,16 @@ class GroupSums:
             return self.reduce(x[:, p0:], workspace)
         work = x.contiguous()
         self._start_centres(work[:, p0:])
-        rms_centre = self.token_rms.centre
-        sums, hist, scalars, row_max = cpu_kernel.reduce_rows(work, p0, self.channel.centre, rms_centre)
+        for part in _kernel_parts(work, p0):
+            if not self._add_kernel_pass(part, p0):
+                self.reduce(part[:, p0:], workspace)  # NaN/inf (or float32 overflow): masked path
+        return self
+
+    def _add_kernel_pass(self, work: torch.Tensor, p0: int) -> bool:
+        """One fused pass over ``work[:, p0:]`` added in place; False (nothing added) if not finite."""
+        sums, hist, scalars, row_max = cpu_kernel.reduce_rows(work, p0, self.channel.centre, self.token_rms.centre)
         if scalars[6]:
-            return self.reduce(x[:, p0:], workspace)  # NaN/inf (or float32 overflow): masked path
+            return False
         n_rows, d = row_max.numel(), self.d
         for total, part in zip((self.channel.s1, self.channel.s2, self.channel.s3, self.channel.s4), sums):
             total.add_(part)
@@ -182,14 +201,14 @@ class GroupSums:
         for total, part in zip((rms.s1, rms.s2, rms.s3, rms.s4), scalars[1:5]):
             total.add_(part)
         self.rms_max = max(self.rms_max, float(scalars[5]))
-        width = x.shape[1] - p0
+        width = work.shape[1] - p0
         rows = torch.topk(row_max, min(self.top_k, n_rows)).indices
         self._add_top(work[rows // width, p0 + rows % width].abs())
         self.hist += hist
         self.zeros += int(scalars[0])
         self.n_entries += n_rows * d
         self.n_tokens += n_rows
-        return self
+        return True
 
     def _start_centres(self, x: torch.Tensor) -> None:
         """Fix the centres from the first rows of ``x`` (..., d), ignoring non-finite entries."""

@@ -186,3 +186,22 @@ def test_statistics_work_in_a_process_forked_after_the_parallel_pass_ran():
     child.join(120)
     assert child.exitcode == 0
     assert math.isclose(queue.get(timeout=5), want, rel_tol=1e-6)  # float32 tiles split differently
+
+
+def test_a_tensor_too_large_for_one_fused_pass_is_split_exactly(monkeypatch):
+    import normlens.probes.reduce as reduce_module
+
+    x = torch.randn(6, 50, 16, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    whole = ActivationStatsProbe(top_k=3)
+    whole.update("s", x)
+    monkeypatch.setattr(reduce_module, "KERNEL_MAX_ELEMENTS", 2 * 50 * 16)  # three passes of two sequences
+    calls = []
+    original = reduce_module.cpu_kernel.reduce_rows
+    monkeypatch.setattr(reduce_module.cpu_kernel, "reduce_rows",
+                        lambda part, *args: calls.append(part.shape[0]) or original(part, *args))
+    split = ActivationStatsProbe(top_k=3)
+    split.update("s", x)
+    assert calls[:3] == [2, 2, 2]  # the body in three passes (then the buffered position-0 rows)
+    a, b = whole.result().to_frame(), split.result().to_frame()
+    num = a.select_dtypes("number").columns
+    np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-10, atol=1e-12)
