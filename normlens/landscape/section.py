@@ -20,7 +20,7 @@ from normlens.landscape.results import LandscapeResult  # noqa: E402
 from normlens.plots.landscape import plot_landscape_1d, plot_landscapes  # noqa: E402
 from normlens.report.section import Figure, ReportSection, Table  # noqa: E402
 
-RESOLUTION = 9
+RESOLUTION = 15  # 225 points per model: ~1.5 s each on 2 CPU cores (8 x 64 tokens)
 SPAN = 1.0
 N_SEQ = 8
 
@@ -70,11 +70,13 @@ def build_section(study, *, resolution: int = RESOLUTION, span: float = SPAN, n_
             notes.append(f"{name}: {result.n_nonfinite} grid cells gave NaN/inf loss (shown grey).")
 
     figures = []
-    axes = plot_landscapes(results)
+    # log colour scale: one model's steep walls would otherwise flatten every other panel
+    axes = plot_landscapes(results, log=True)
     figures.append(Figure.from_matplotlib(
         axes[0].figure,
         f"Loss over a filter-normalized random plane, span [−{span:g}, {span:g}]², {resolution}×{resolution} "
-        "grid, 1-D parameters (biases, gains, DyT α) zeroed; one colour scale for all models; ★ = the model.",
+        "grid, 1-D parameters (biases, gains, DyT α) zeroed; one logarithmic colour scale for all models; "
+        "★ = the model.",
     ))
     present = {n: r for n, r in results.items() if r is not None}
     if present:
