@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
 from normlens.curvature.density import estimate_density
@@ -40,6 +41,7 @@ def run_hessian(
     density_steps: int = 40,
     blocks: bool = True,
     seed: int = 0,
+    progress: bool = False,
 ) -> ReportSection:
     """Run every Hessian analysis on ``model`` over ``tokens``; save data, PNGs and ``report.html`` to ``out_dir``."""
     import matplotlib.pyplot as plt
@@ -49,17 +51,25 @@ def run_hessian(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with preserved_state(model):
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+    stages = tqdm(total=5, desc="hessian", unit="stage", leave=False, disable=not progress)
+
+    def stage(label: str, value):
+        stages.set_postfix_str(label)
+        stages.update(1)
+        return value
+
+    with preserved_state(model), stages:
         op = HessianOperator(model, tokens, params=params, method=method)
-        eigen = compute_eigenpairs(op, k, which=which, seed=seed)
-        trace = estimate_trace(op, trace_matvecs, seed=seed)
-        density = estimate_density(op, num_probes=density_probes, num_steps=density_steps, seed=seed)
-        n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
-        block = (
+        eigen = stage("eigenpairs", compute_eigenpairs(op, k, which=which, seed=seed))
+        trace = stage("trace", estimate_trace(op, trace_matvecs, seed=seed))
+        density = stage("density", estimate_density(op, num_probes=density_probes, num_steps=density_steps,
+                                                    seed=seed))
+        block = stage("blocks", (
             compute_block_spectra(model, tokens, blocks=transformer_blocks(n_layers), seed=seed, name=name)
             if blocks and n_layers is not None else None
-        )
-        weights = compute_weight_spectra(model)
+        ))
+        weights = stage("weight spectra", compute_weight_spectra(model))
     eigen.save(out_dir / "eigen.npz")
     trace.save(out_dir / "trace.npz")
     density.save(out_dir / "density.npz")
@@ -142,7 +152,7 @@ def register(app) -> None:
             return run_hessian(model, tokens, out, name=spec, k=k, which=which, params=params,
                                method=method, trace_matvecs=trace_matvecs,
                                density_probes=density_probes, density_steps=density_steps,
-                               blocks=blocks, seed=seed)
+                               blocks=blocks, seed=seed, progress=True)
 
         section = run_or_exit(job)
         typer.echo(section.summary)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 import typer
+from tqdm.auto import tqdm
 
 from normlens.report import Figure, ReportSection, Table, write_report
 
@@ -81,11 +82,20 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
     if value_range is None and directions.kind == "interpolation":
         value_range = (-0.25, 1.25)
     out = Path(out)
-    result = compute_landscape(
-        model, directions, tokens, span=value_range if value_range is not None else span,
-        resolution=resolution, memory_bytes=memory_mb << 20, grid_file=grid_file or out / "grid.npz",
-        model_name=model_name, eval_name=eval_name, accuracy=accuracy,
-    )
+    bar = tqdm(desc="landscape", unit="chunk", disable=world()[0] != 0, leave=False)
+
+    def advance(chunk: int, n_chunks: int) -> None:
+        bar.total = n_chunks  # resumed chunks are not computed again, so the bar may end early
+        bar.update(1)
+
+    try:
+        result = compute_landscape(
+            model, directions, tokens, span=value_range if value_range is not None else span,
+            resolution=resolution, memory_bytes=memory_mb << 20, grid_file=grid_file or out / "grid.npz",
+            model_name=model_name, eval_name=eval_name, accuracy=accuracy, on_chunk=advance,
+        )
+    finally:
+        bar.close()
     if world()[0] != 0:
         return out
     result.save(out / "landscape.npz")

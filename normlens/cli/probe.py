@@ -15,7 +15,7 @@ def probe_model(model, tokens, out: Path, seed: int = 0, name: str = "model") ->
     from normlens.report import write_report
 
     start = time.perf_counter()
-    result = run_probe_suite(model, tokens, seed=seed)
+    result = run_probe_suite(model, tokens, seed=seed, progress=True)
     result.save(out)
     section = probes_section({name: result}, None, seconds=time.perf_counter() - start,
                              tokens_shape=tuple(tokens.shape))

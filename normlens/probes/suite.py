@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from normlens.probes.attach import attach
 from normlens.probes.attention import AttentionEntropyProbe, AttentionEntropyResult
@@ -42,12 +43,16 @@ class ProbeSuiteResult:
 
 
 def run_probe_suite(model: nn.Module, tokens: torch.Tensor, *, seed: int = 0, batch_size: int = 16,
-                    s_curve_samples: int = 1024, probe_bytes: int = 4 << 20) -> ProbeSuiteResult:
-    """All probes on ``tokens`` (n_seq, n_ctx) int64, batch by batch; the model is left as found."""
+                    s_curve_samples: int = 1024, probe_bytes: int = 4 << 20,
+                    progress: bool = False) -> ProbeSuiteResult:
+    """All probes on ``tokens`` (n_seq, n_ctx) int64, batch by batch; the model is left as found.
+
+    ``progress`` shows a bar over the probed batches."""
     stats, scale = ActivationStatsProbe(), NormScaleProbe()
     curve, entropy = SCurveProbe(n_samples=s_curve_samples, seed=seed), AttentionEntropyProbe()
+    starts = range(0, tokens.shape[0], batch_size)
     with attach(model, [stats, scale, curve, entropy]), torch.no_grad(), torch.random.fork_rng(devices=[]):
-        for start in range(0, tokens.shape[0], batch_size):
+        for start in tqdm(starts, desc="probes", unit="batch", disable=not progress, leave=False):
             model(tokens[start:start + batch_size])
     eff = compute_effectiveness(model, tokens[:4], batch_size)
     lin = pd.concat([fit_linear_probes(model, tokens, label, kind="ridge", max_bytes=probe_bytes, seed=seed).frame
