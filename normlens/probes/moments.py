@@ -74,14 +74,17 @@ class PowerSums:
                        scratch: torch.Tensor | None = None) -> None:
         """Add rows ``e`` = x - centre (n, d) in the working dtype; ``count`` per channel (default n).
 
-        ``scratch``: an optional tensor shaped like ``e`` reused for the powers (no allocation).
+        ``e`` may live on another device than the sums (a GPU): the column sums are
+        computed there and only they are moved. ``scratch``: an optional tensor
+        shaped like ``e`` reused for the powers (no allocation).
         """
-        self.count += float(e.shape[0]) if count is None else count
-        self.s1 += _colsum64(e)
+        home = self.s1.device
+        self.count += float(e.shape[0]) if count is None else count.to(home)
+        self.s1 += _colsum64(e).to(home)
         power = torch.mul(e, e, out=scratch)  # e^2, then e^3, then e^4, in place
-        self.s2 += _colsum64(power)
-        self.s3 += _colsum64(power.mul_(e))
-        self.s4 += _colsum64(power.mul_(e))
+        self.s2 += _colsum64(power).to(home)
+        self.s3 += _colsum64(power.mul_(e)).to(home)
+        self.s4 += _colsum64(power.mul_(e)).to(home)
 
     def add(self, other: "PowerSums") -> "PowerSums":
         """Sum of two accumulations about the same centre (a new object)."""

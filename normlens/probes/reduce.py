@@ -166,17 +166,15 @@ class GroupSums:
     def reduce_positions(self, x: torch.Tensor, p0: int = 0, workspace: Workspace | None = None) -> "GroupSums":
         """Add the rows ``x[:, p0:]`` of ``x`` (B, P, D), in place; returns self.
 
-        One fused pass (:mod:`normlens.probes.cpu_kernel`); the torch path when
-        the pass meets a non-finite value or the kernel is switched off.
-        Activations on a GPU are copied to the CPU first.
+        On the CPU one fused pass (:mod:`normlens.probes.cpu_kernel`); the torch
+        path when the pass meets a non-finite value, when the kernel is switched
+        off, and for activations on a GPU (reduced there; only the per-channel
+        sums, the histogram and the top-k candidates come back to the CPU).
         """
         x = x.detach()
         if x.shape[0] * (x.shape[1] - p0) == 0:
             return self
-        if x.device.type != "cpu":  # accumulators live on the CPU; a device-side pass is not written yet
-            x = x[:, p0:].to("cpu")
-            p0 = 0
-        if x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
             x = x.float()
         if not _kernel_applies(x):
             return self.reduce(x[:, p0:], workspace)
@@ -222,17 +220,18 @@ class GroupSums:
             rms = torch.where(torch.isfinite(rms), rms, float("nan"))
             centre = head.nanmean(0).nan_to_num(0.0, 0.0, 0.0)
             rms_centre = rms.nanmean().nan_to_num(0.0, 0.0, 0.0).reshape(1)
-        self.channel = PowerSums.start_at(centre.double())
-        self.token_rms = PowerSums.start_at(rms_centre.double())
+        self.channel = PowerSums.start_at(centre.double().cpu())  # sums live on the CPU
+        self.token_rms = PowerSums.start_at(rms_centre.double().cpu())
 
     def _reduce_chunk(self, chunk: torch.Tensor, ws: Workspace) -> None:
         work = chunk if chunk.dtype in (torch.float32, torch.float64) else chunk.float()
         self._start_centres(work)
         d = self.d
         dev = ws.take("dev", work.shape, work.dtype, work.device)
-        torch.sub(work, self.channel.centre.to(work.dtype), out=dev)
+        torch.sub(work, self.channel.centre.to(work.device, work.dtype), out=dev)
         part = PowerSums.start_at(self.channel.centre)
-        part.add_deviations(dev.view(-1, d), scratch=ws.take("pow", (dev.numel() // d, d), work.dtype, work.device))
+        scratch = ws.take("pow", (dev.numel() // d, d), work.dtype, work.device)
+        part.add_deviations(dev.view(-1, d), scratch=scratch)
         if not bool(torch.isfinite(part.s4.sum())):  # NaN/inf, or float32 powers overflowed
             self._reduce_masked(work.double().reshape(-1, d))
             return
@@ -246,7 +245,7 @@ class GroupSums:
         source = work if work.dtype == torch.float32 else work.float()
         bits = ws.take("bits", work.shape, torch.int32, work.device)
         torch.bitwise_and(source.view(torch.int32), 0x7FFFFFFF, out=bits).bitwise_right_shift_(16)
-        hist = torch.bincount(bits.view(-1), minlength=N_HIST_BINS)
+        hist = torch.bincount(bits.view(-1), minlength=N_HIST_BINS).cpu()
         self.hist += hist
         if hist[0] > 0:  # bin 0 holds the zeros (and denormals): count exactly
             self.zeros += n_rows * d - int(torch.count_nonzero(work))
@@ -259,10 +258,11 @@ class GroupSums:
         valid = torch.isfinite(x)
         nan = int(torch.isnan(x).sum())
         bad = int((~valid).sum())
-        zero = torch.zeros((), dtype=x.dtype)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
         clean = torch.where(valid, x, zero)
         part = PowerSums.start_at(self.channel.centre)
-        part.add_deviations(torch.where(valid, x - self.channel.centre, zero), valid.sum(0).double())
+        centre = self.channel.centre.to(x.device)
+        part.add_deviations(torch.where(valid, x - centre, zero), valid.sum(0).double())
         self.channel = _iadd(self.channel, part)
         good_tokens = valid.all(-1)
         rms = torch.linalg.vector_norm(clean, dim=-1) / math.sqrt(d)
@@ -270,7 +270,7 @@ class GroupSums:
         a = clean.abs()
         rows = torch.topk(a.amax(-1), min(self.top_k, n_rows)).indices
         self._add_top(a[rows])
-        hist = abs_histogram(a)
+        hist = abs_histogram(a).cpu()
         hist[0] -= bad  # non-finite entries were zeroed, not observed
         self.hist += hist
         self.zeros += n_rows * d - int(torch.count_nonzero(clean)) - bad
@@ -282,11 +282,11 @@ class GroupSums:
 
     def _add_rms(self, rms: torch.Tensor) -> None:
         if rms.numel():
-            self.token_rms.add_deviations(rms - self.token_rms.centre.to(rms.dtype))
+            self.token_rms.add_deviations(rms - self.token_rms.centre.to(rms.device, rms.dtype))
             self.rms_max = max(self.rms_max, float(rms.max()))
 
     def _add_top(self, candidates: torch.Tensor) -> None:
-        pool = torch.cat([self.top, candidates.reshape(-1).double()])
+        pool = torch.cat([self.top, candidates.reshape(-1).double().cpu()])
         self.top = torch.topk(pool, min(self.top_k, pool.numel())).values
 
     # -- combining -------------------------------------------------------------
