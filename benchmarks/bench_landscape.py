@@ -83,8 +83,6 @@ def loss_landscapes_plane(model, tokens, steps: int):
     return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
 
 
-
-
 def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
     try:
         import loss_landscapes  # noqa: F401
@@ -97,12 +95,11 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
         own_loss = float(lm_loss(model(tokens), tokens))
     normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
     loss_landscapes_plane(baseline_model, tokens, 3)
-    ours, theirs = [], []
+    ours, theirs, last = [], [], {}
     for _ in range(repeats):  # alternate so both see the same background load
-        ours.append(seconds(lambda: normlens_plane(model, tokens, 21)))
-        theirs.append(seconds(lambda: loss_landscapes_plane(baseline_model, tokens, 21)))
-    ours_result = normlens_plane(model, tokens, 21)
-    theirs_surface = loss_landscapes_plane(baseline_model, tokens, 21)
+        ours.append(seconds(lambda: last.update(ours=normlens_plane(model, tokens, 21))))
+        theirs.append(seconds(lambda: last.update(theirs=loss_landscapes_plane(baseline_model, tokens, 21))))
+    ours_result, theirs_surface = last["ours"], last["theirs"]  # the last timed runs' values
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
     print(f"{label} 21×21 filter-normalized plane, zoo LN model (2 layers, d_model 64, "
           f"{sum(p.numel() for p in model.parameters())} params), {n_seq}×64 tokens, "
@@ -126,10 +123,10 @@ def worker(args) -> None:
     start = time.perf_counter()
     result = normlens_plane(model, tokens, args.resolution)
     barrier()
-    seconds = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
     if world()[0] == 0:
         np.save(args.out + ".npy", result.loss)
-        Path(args.out).write_text(json.dumps({"seconds": seconds, "world": world()[1]}))
+        Path(args.out).write_text(json.dumps({"seconds": elapsed, "world": world()[1]}))
 
 
 def launch(n_proc: int, resolution: int, n_seq: int, threads: int, out: str) -> tuple[float, float, np.ndarray]:

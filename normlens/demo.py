@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,11 +27,11 @@ from normlens.models.checkpoint import CheckpointError, load_checkpoint, save_ch
 from normlens.models.config import ZooConfig
 from normlens.models.ln_removal import LNRemovalConfig, LNRemovalResult, remove_layernorm
 from normlens.models.norms import DyT
-from normlens.models.zoo import build_model, count_parameters, norm_modules
+from normlens.models.zoo import build_model, count_parameters, get_config, norm_modules
 from normlens.plots.training import plot_training_curves
 from normlens.report import Figure, ReportSection, Table, write_report
 from normlens.study import ZooStudy
-from normlens.train import TrainConfig, TrainResult, train
+from normlens.train import TrainConfig, TrainResult, saved_state_mismatch, train
 
 ZOO_NORMS = ("ln", "rms", "dyt", "none")
 LN_REMOVED = "ln→lnfree"
@@ -81,6 +82,9 @@ def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, spli
                 return model, saved
         except (CheckpointError, ValueError, TypeError):
             pass  # stale or damaged: train again
+    # saved state of another run (other settings) or of this one when --fresh: start over
+    if config.fresh and (folder / "state").is_dir() or saved_state_mismatch(folder, model_config, config.train):
+        shutil.rmtree(folder / "state")
     model = build_model(model_config)
     result = train(model, splits, config.train, name=name, checkpoint_dir=folder)
     return model, result
@@ -88,24 +92,29 @@ def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, spli
 
 def _removal_or_reuse(ln_model, config: DemoConfig, splits: TokenSplits, folder: Path):
     result_path = folder / "removal_result.json"
+    # the removal's settings and those of the "ln" model it starts from: a retrained
+    # "ln" model (other model or training settings, other seed) invalidates it
+    key = {"removal": dataclasses.asdict(config.removal), "train": dataclasses.asdict(config.train),
+           "model": get_config(ln_model).to_dict()}
     if not config.fresh and result_path.is_file():
         try:
             data = read_json(result_path)
-            if data.get("config") == _as_json(dataclasses.asdict(config.removal)):
+            if data.get("config") == _as_json(key):
                 result = LNRemovalResult(**{k: v for k, v in data.items() if k != "config"})
                 return load_checkpoint(folder / "model"), result
         except (CheckpointError, ValueError, TypeError):
             pass
     model, result = remove_layernorm(ln_model, splits, config.removal)
     save_checkpoint(model, folder / "model")
-    write_json(result_path, result.to_dict() | {"config": dataclasses.asdict(config.removal)})
+    write_json(result_path, result.to_dict() | {"config": key})
     return model, result
 
 
-def _removal_as_training(result: LNRemovalResult, offset: int, model_config: dict) -> TrainResult:
+def _removal_as_training(result: LNRemovalResult, offset: int, model_config: dict,
+                         n_params: int) -> TrainResult:
     """Draw the removal's fine-tuning after the "ln" run on the training plot."""
     return TrainResult(
-        name=LN_REMOVED, model_config=model_config, train_config={}, n_params=0,
+        name=LN_REMOVED, model_config=model_config, train_config={}, n_params=n_params,
         steps=[offset + s for s in result.steps], train_loss=result.train_loss,
         val_steps=[offset + (result.steps[-1] + 1 if result.steps else 0)],
         val_loss=[result.val_loss_after], diverged=result.diverged,
@@ -116,12 +125,11 @@ def _training_section(results: list[TrainResult], models: dict, removal: LNRemov
                       wall: dict[str, float]) -> ReportSection:
     rows = []
     for result in results:
-        model = models.get(result.name)
-        alphas = [m.alpha.item() for m in norm_modules(model).values() if isinstance(m, DyT)] if model else []
+        alphas = [m.alpha.item() for m in norm_modules(models[result.name]).values() if isinstance(m, DyT)]
         rows.append({
             "model": result.name,
             "final val loss": result.final_val_loss,
-            "parameters": count_parameters(model) if model is not None else result.n_params,
+            "parameters": result.n_params,
             "diverged": f"yes (step {result.diverged_step})" if result.diverged else "no",
             "DyT α (mean)": sum(alphas) / len(alphas) if alphas else float("nan"),
             "train time (s)": wall.get(result.name, float("nan")),
@@ -166,7 +174,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, sections: dict[str, SectionBu
     removed, removal = _removal_or_reuse(models["ln"], config, splits, models_dir / "ln-removed")
     models[LN_REMOVED] = removed
     wall[LN_REMOVED] = time.perf_counter() - t0
-    results.append(_removal_as_training(removal, config.train.steps, config.model.to_dict()))
+    results.append(_removal_as_training(removal, config.train.steps, config.model.to_dict(),
+                                        count_parameters(removed)))
     log(f"  {LN_REMOVED:<10} val loss {removal.val_loss_after:.4f} (was {removal.val_loss_before:.4f})"
         f"  [{wall[LN_REMOVED]:.1f} s]")
     write_json(config.data_dir / "training.json", [r.to_dict() for r in results])

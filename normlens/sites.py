@@ -118,10 +118,6 @@ def layer_of(site: str) -> int | None:
     return None
 
 
-def mlp_post_sites(n_layers: int) -> list[str]:
-    return [mlp_post(layer) for layer in range(n_layers)]
-
-
 def residual_sites(n_layers: int) -> list[str]:
     """Residual-stream points in depth order: resid_pre of each block, then the last resid_post."""
     return [resid_pre(layer) for layer in range(n_layers)] + [resid_post(n_layers - 1)]

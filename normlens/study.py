@@ -27,6 +27,3 @@ class ZooStudy:
     data_dir: Path
     seed: int = 0
     diverged: set[str] = field(default_factory=set)
-
-    def healthy_models(self) -> dict[str, TransformerBridge]:
-        return {name: m for name, m in self.models.items() if name not in self.diverged}

@@ -8,6 +8,7 @@ do) stops, and its result says so with the step; it never raises. With a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,10 +19,10 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from normlens.data.corpus import TokenSplits, token_windows
+from normlens.data.corpus import TokenSplits, eval_windows, token_windows
 from normlens.io import atomic_path, read_json, write_json
 from normlens.losses import next_token_loss
-from normlens.models.checkpoint import load_checkpoint, model_tensors, save_checkpoint
+from normlens.models.checkpoint import load_checkpoint, model_tensors, read_checkpoint_meta, save_checkpoint
 from normlens.models.zoo import count_parameters, get_config
 
 
@@ -133,7 +134,7 @@ def train(
     if splits.vocab_size > model_config.d_vocab:
         raise ValueError(f"the corpus has vocabulary {splits.vocab_size} but the model only "
                          f"{model_config.d_vocab}; build the model with d_vocab={splits.vocab_size}")
-    val_tokens = token_windows(splits.val, n_seq=config.eval_seqs, n_ctx=n_ctx, seed=config.seed + 1)
+    val_tokens = eval_windows(splits, n_seq=config.eval_seqs, n_ctx=n_ctx, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
@@ -142,7 +143,7 @@ def train(
     start_step = 0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / "state" / "trainer.pt").is_file():
-        start_step = _resume(model, optimizer, generator, result, folder, model_config)
+        start_step = _resume(model, optimizer, generator, result, folder, model_config, config)
     started = time.perf_counter() - result.wall_time_s
     model.train()
     bar = tqdm(range(start_step, config.steps), desc=f"train {result.name}", disable=not progress,
@@ -202,15 +203,29 @@ def _save_state(model, optimizer, generator, result: TrainResult, folder: Path, 
     write_json(state / "history.json", result.to_dict())
 
 
-def _resume(model, optimizer, generator, result: TrainResult, folder: Path, model_config) -> int:
+def saved_state_mismatch(folder: str | Path, model_config, train_config: TrainConfig) -> str | None:
+    """Why the resumable state in ``folder`` cannot continue this run (None if it can or there is none)."""
+    state = Path(folder) / "state"
+    if not (state / "trainer.pt").is_file():
+        return None
+    saved_model = read_checkpoint_meta(state / "model")["config"]
+    if saved_model != json.loads(json.dumps(model_config.to_dict())):
+        return f"was written for another model ({saved_model.get('norm')})"
+    saved_train = read_json(state / "history.json").get("train_config")
+    if saved_train != json.loads(json.dumps(dataclasses.asdict(train_config))):
+        return "was written with other training settings"
+    return None
+
+
+def _resume(model, optimizer, generator, result: TrainResult, folder: Path, model_config,
+            config: TrainConfig) -> int:
     """Load the saved state into ``model``/``optimizer``/``generator``/``result``; return the step."""
     state = folder / "state"
-    saved_model = load_checkpoint(state / "model")
-    if saved_model.normlens_config != model_config:
-        raise ValueError(f"the checkpoint in {str(folder)!r} was written for another model "
-                         f"({saved_model.normlens_config.norm}); use a fresh --out folder")
+    problem = saved_state_mismatch(folder, model_config, config)
+    if problem:
+        raise ValueError(f"the checkpoint in {str(folder)!r} {problem}; use a fresh --out folder")
     with torch.no_grad():
-        saved = model_tensors(saved_model)
+        saved = model_tensors(load_checkpoint(state / "model"))
         for name, tensor in model_tensors(model).items():
             tensor.copy_(saved[name])
     trainer = torch.load(state / "trainer.pt", weights_only=True)

@@ -78,10 +78,18 @@ def test_miniature_demo_writes_report_with_all_models(tmp_path):
         assert f"<li>{name}</li>" in page
     assert "broken (failed)" in page and "boom" in page  # a failed analysis is shown, the rest kept
     assert (tmp_path / "demo_data" / "training.json").is_file()
-    # a second run reuses the trained models instead of training again
-    log = []
-    run_demo(dataclasses.replace(config), sections={}, log=log.append)
-    assert any("val loss" in line for line in log)
-    mtime = (tmp_path / "demo_data" / "models" / "ln" / "model" / "model.safetensors").stat().st_mtime
-    run_demo(config, sections={}, log=lambda _: None)
-    assert (tmp_path / "demo_data" / "models" / "ln" / "model" / "model.safetensors").stat().st_mtime == mtime
+    models = tmp_path / "demo_data" / "models"
+
+    def mtimes():
+        return {name: (models / name / "model" / "model.safetensors").stat().st_mtime_ns
+                for name in ("ln", "ln-removed")}
+
+    # a second run reuses the trained and the LN-removed models instead of training again
+    first = mtimes()
+    run_demo(dataclasses.replace(config), sections={}, log=lambda _: None)
+    assert mtimes() == first
+    # a retrained "ln" model (another training seed) is not paired with the old LN removal
+    run_demo(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=1)), sections={},
+             log=lambda _: None)
+    again = mtimes()
+    assert again["ln"] != first["ln"] and again["ln-removed"] != first["ln-removed"]

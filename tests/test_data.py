@@ -34,6 +34,12 @@ def test_windows_shape_and_bounds(embedded_splits):
     windows = eval_windows(embedded_splits, n_seq=5, n_ctx=33, seed=0)
     assert windows.shape == (5, 33) and windows.dtype == torch.int64
     assert torch.equal(windows, eval_windows(embedded_splits, n_seq=5, n_ctx=33, seed=0))
+    assert int(windows.min()) >= 0 and int(windows.max()) < 256
+    # each row is a contiguous slice of the validation stream
+    val = embedded_splits.val
+    slices = val.unfold(0, 33, 1)  # (n_val - 32, 33): every window of the stream
+    for row in windows:
+        assert (slices == row).all(-1).any(), "a window is not a slice of the validation tokens"
 
 
 def test_repeated_sequences_are_inductable():

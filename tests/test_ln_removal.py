@@ -1,7 +1,7 @@
 import torch
 
 from normlens.models import build_model, norm_modules
-from normlens.models.ln_removal import LNRemovalConfig, remaining_layernorms, remove_layernorm, removal_groups
+from normlens.models.ln_removal import LNRemovalConfig, remaining_layernorms, remove_layernorm
 from normlens.models.norms import FrozenStdLayerNorm
 from normlens.train import TrainConfig, train
 
@@ -17,8 +17,9 @@ def test_staged_removal_leaves_no_per_token_std(embedded_splits):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert remaining_layernorms(model) == ["blocks.0.ln1", "blocks.0.ln2", "blocks.1.ln1", "blocks.1.ln2", "ln_final"]
     assert remaining_layernorms(removed) == []
-    assert [slot for _, slot in result.schedule] == [g[0] for g in removal_groups(2)]
-    assert [slot for _, slot in result.schedule][:2] == ["blocks.0.ln2", "blocks.1.ln2"]
+    # the paper's order: every ln2, every ln1, the final LN, then position 0
+    assert [slot for _, slot in result.schedule] == [
+        "blocks.0.ln2", "blocks.1.ln2", "blocks.0.ln1", "blocks.1.ln1", "ln_final", "first-position"]
     # independent check: every norm is affine in its input (no division by the token's own std)
     x = torch.randn(2, 5, 16)
     for norm in norm_modules(removed).values():

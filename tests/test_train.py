@@ -49,7 +49,7 @@ def test_interrupted_run_resumes_to_identical_weights(embedded_splits, tmp_path,
 
     def crash_after_ten(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 1 + 10:  # one call for the validation windows, then one per step
+        if calls["n"] > 10:  # one call per step (the validation windows come from eval_windows)
             raise KeyboardInterrupt
         return real_windows(*args, **kwargs)
 
@@ -69,7 +69,6 @@ def test_interrupted_run_resumes_to_identical_weights(embedded_splits, tmp_path,
 
 def test_resume_into_another_model_is_refused(embedded_splits, tmp_path):
     config = TrainConfig(steps=4, checkpoint_every=2, eval_every=2)
-    train_module._save_state  # noqa: B018 (documented entry point)
     model = build_model(**TINY)
     train(model, embedded_splits, TrainConfig(steps=8, checkpoint_every=2, eval_every=2),
           checkpoint_dir=tmp_path, progress=False)
@@ -77,3 +76,13 @@ def test_resume_into_another_model_is_refused(embedded_splits, tmp_path):
     with pytest.raises(ValueError, match="written for another model"):
         train(build_model(norm="dyt", **TINY), embedded_splits, config, checkpoint_dir=tmp_path,
               progress=False)
+
+
+def test_resume_with_other_training_settings_is_refused(embedded_splits, tmp_path):
+    train(build_model(**TINY), embedded_splits, TrainConfig(steps=4, checkpoint_every=2, eval_every=2),
+          checkpoint_dir=tmp_path, progress=False)
+    assert train_module.saved_state_mismatch(tmp_path, build_model(**TINY).normlens_config,
+                                             TrainConfig(steps=4, checkpoint_every=2, eval_every=2)) is None
+    with pytest.raises(ValueError, match="other training settings"):
+        train(build_model(**TINY), embedded_splits, TrainConfig(steps=4, checkpoint_every=2, eval_every=2, lr=1e-2),
+              checkpoint_dir=tmp_path, progress=False)

@@ -27,7 +27,8 @@ def demo_command(
 
         base = DemoConfig()
         config = dataclasses.replace(base, out=out, seed=seed, fresh=fresh,
-                                     train=dataclasses.replace(base.train, steps=steps, seed=seed))
+                                     train=dataclasses.replace(base.train, steps=steps, seed=seed),
+                                     removal=dataclasses.replace(base.removal, seed=seed))
         run_demo(config)
 
     run_or_exit(job)

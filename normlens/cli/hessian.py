@@ -23,7 +23,7 @@ from normlens.curvature.trace import estimate_trace
 from normlens.curvature.weight_spectra import compute_weight_spectra
 from normlens.io import write_json
 from normlens.report import write_report
-from normlens.report.section import Figure, ReportSection, Table
+from normlens.report.section import ReportSection, Table
 
 
 def run_hessian(
@@ -44,8 +44,7 @@ def run_hessian(
     progress: bool = False,
 ) -> ReportSection:
     """Run every Hessian analysis on ``model`` over ``tokens``; save data, PNGs and ``report.html`` to ``out_dir``."""
-    import matplotlib.pyplot as plt
-
+    from normlens.curvature.section import render_figure  # imports the zoo study: only when run
     from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
 
     out_dir = Path(out_dir)
@@ -82,21 +81,16 @@ def run_hessian(
         "trace": trace.estimate, "trace_std_error": trace.std_error,
         "re": density.re, "Kh": density.kh, "seconds": time.perf_counter() - start,
     }
-    figures = []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    plot_eigenvalues({name: eigen}, ax=ax)
-    fig.savefig(out_dir / "eigenvalues.png", dpi=110, bbox_inches="tight")
-    figures.append(Figure.from_matplotlib(fig, f"Top {k} Hessian eigenvalues ({which})."))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    plot_densities({name: density}, ax=ax)
-    fig.savefig(out_dir / "density.png", dpi=110, bbox_inches="tight")
-    figures.append(Figure.from_matplotlib(fig, "Hessian spectral density (SLQ)."))
+    figures = [
+        render_figure(plot_eigenvalues, {name: eigen}, f"Top {k} Hessian eigenvalues ({which}).", (6, 3.5),
+                      out_dir / "eigenvalues.png"),
+        render_figure(plot_densities, {name: density}, "Hessian spectral density (SLQ).", (6, 3.5),
+                      out_dir / "density.png"),
+    ]
     if block is not None:
         block.save(out_dir / "blocks.npz")
-        fig, ax = plt.subplots(figsize=(8, 2.5))
-        plot_block_heatmap([block], ax=ax)
-        fig.savefig(out_dir / "blocks.png", dpi=110, bbox_inches="tight")
-        figures.append(Figure.from_matplotlib(fig, "Top eigenvalue per block."))
+        figures.append(render_figure(plot_block_heatmap, [block], "Top eigenvalue per block.", (8, 2.5),
+                                     out_dir / "blocks.png"))
     write_json(out_dir / "summary.json", summary)
     notes = [] if eigen.all_converged else [
         f"{int((~eigen.converged).sum())} eigenpairs did not converge; see the residuals."

@@ -43,15 +43,16 @@ def build_directions(model, tokens, *, axes: str, dims: int, normalization: str,
         raise ValueError(f"--dims must be 1 or 2, got {dims}")
     if axes == "random":
         return random_directions(model, dims, normalization=normalization, one_d=one_d, seed=seed)
+    one_d_rule = "zero" if one_d == "zero" else "included"  # the other axes have no "copy"
     if axes == "hessian":
-        return hessian_directions(model, tokens, k=dims, one_d="zero" if one_d == "zero" else "included", seed=seed)
+        return hessian_directions(model, tokens, k=dims, one_d=one_d_rule, seed=seed)
     if axes == "pca":
         if len(trajectory) < 2:
             raise ValueError("--axes pca needs at least two --trajectory checkpoints (SPEC is the last point)")
-        return pca_directions([*trajectory, model], one_d="zero" if one_d == "zero" else "included")
+        return pca_directions([*trajectory, model], one_d=one_d_rule)
     if other is None:
         raise ValueError("--axes interpolate needs --other SPEC, the model at coefficient 1")
-    return interpolation_direction(model, other, one_d="zero" if one_d == "zero" else "included")
+    return interpolation_direction(model, other, one_d=one_d_rule)
 
 
 def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int = 2, span: float = 1.0,
@@ -113,29 +114,27 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
         ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         figures.append(Figure.from_matplotlib(ax.figure, f"{name.replace('_', ' ')}: {model_name or 'model'}"))
     plt.close("all")
-    write_report(out / "report.html", [_section(result, metrics, figures, model_name)],
+    write_report(out / "report.html", [_section(result, figures, model_name)],
                  title=f"normlens landscape: {model_name or 'model'}")
     return out
 
 
-def _section(result, metrics, figures, model_name: str) -> ReportSection:
-    """One landscape as a report section: the plots, the metrics and how the surface was made."""
+def _section(result, figures, model_name: str) -> ReportSection:
+    """One landscape as a report section: the plots, surface numbers and how the surface was made."""
     import numpy as np
 
     finite = np.isfinite(result.loss)
+    n_bad = result.n_nonfinite
     rows = {"centre loss f(0)": result.center_loss, "min loss": float(np.nanmin(np.where(finite, result.loss, np.nan)))
-            if finite.any() else float("nan"), "non-finite cells": int((~finite).sum()),
+            if finite.any() else float("nan"), "non-finite cells": n_bad,
             "cells": int(result.loss.size)}
-    if metrics is not None:
-        rows |= {k: v for k, v in metrics.to_dict().items() if isinstance(v, (int, float))}
     table = pd.DataFrame({"quantity": list(rows), "value": list(rows.values())})
     return ReportSection(
         f"Loss landscape: {model_name or 'model'}",
         f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "
         f"evaluation set {result.eval_name or 'given tokens'}.",
         figures, [Table("Surface and metrics", table)],
-        [f"{int((~finite).sum())} cells are NaN/inf (diverged); they are masked in the plots."] if (~finite).any()
-        else [],
+        [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else [],
     )
 
 

@@ -32,22 +32,18 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed for data windows and sampling"),
     ) -> None:
         """Probe a model: activation statistics, attention entropy, layer effectiveness, linear probes."""
-        try:
-            from normlens.models.loading import load_model
-        except ImportError:
-            typer.echo("error: model loading is not available in this install (normlens.models.loading)", err=True)
-            raise typer.Exit(2)
-        try:
-            model = load_model(spec)
-        except (FileNotFoundError, ValueError, OSError) as err:
-            typer.echo(f"error: cannot load {spec!r}: {err}; pass a checkpoint folder or a HF model name", err=True)
-            raise typer.Exit(2)
-        from normlens.data import eval_windows, load_embedded
+        from normlens.cli.common import run_or_exit
 
-        ctx = n_ctx or int(model.cfg.n_ctx)
-        if ctx > model.cfg.n_ctx or ctx < 2:
-            typer.echo(f"error: --n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model", err=True)
-            raise typer.Exit(2)
-        tokens = eval_windows(load_embedded(), n_seq=n_seq, n_ctx=ctx, seed=seed)
-        report = probe_model(model.eval(), tokens, out, seed, name=spec)
+        def job() -> Path:
+            from normlens.data import eval_windows, load_embedded
+            from normlens.models.loading import load_model
+
+            model = load_model(spec)
+            ctx = n_ctx or int(model.cfg.n_ctx)
+            if ctx > model.cfg.n_ctx or ctx < 2:
+                raise ValueError(f"--n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model")
+            tokens = eval_windows(load_embedded(), n_seq=n_seq, n_ctx=ctx, seed=seed)
+            return probe_model(model.eval(), tokens, out, seed, name=spec)
+
+        report = run_or_exit(job)
         typer.echo(f"wrote probe data to {out} and the report to {report}")

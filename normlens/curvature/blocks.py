@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch.nn as nn
@@ -40,7 +40,6 @@ def compute_block_spectra(
     num_steps: int = 20,
     seed: int = 0,
     name: str = "",
-    skip: Sequence[str] = (),
 ) -> BlockSpectrumResult:
     """Top eigenvalue of H_BB for every block B (NaN for blocks without parameters).
 
@@ -49,7 +48,6 @@ def compute_block_spectra(
             from ``model.cfg.n_layers``.
         num_steps: Lanczos steps per block (fixed; the top eigenvalue converges
             first, and the residual is reported to judge it).
-        skip: labels to leave out of the computation (reported as NaN).
     """
     if blocks is None:
         n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
@@ -63,7 +61,7 @@ def compute_block_spectra(
         size = sum(math.prod(i.shape) for i in infos if any(regex.search(a) for a in i.aliases))
         labels.append(label)
         sizes.append(size)
-        if size == 0 or label in skip:
+        if size == 0:
             tops.append(math.nan)
             residuals.append(math.nan)
             continue

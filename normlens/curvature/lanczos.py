@@ -234,7 +234,7 @@ def compute_eigenpairs(
         )
         matvecs += len(idx)
     else:
-        residuals = (run.beta[-1] * s[-1, idx]).abs()
+        residuals = estimates  # the Lanczos estimates of the final run, from the loop above
     converged = residuals <= tol * scale
     if warn and not bool(converged.all()):
         bad = [f"{float(values[i]):.6g} (residual {float(residuals[i]):.2e})"

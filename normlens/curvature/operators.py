@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp
 
 from normlens.losses import logits_loss
@@ -133,18 +132,15 @@ def describe_parameters(model: nn.Module) -> list[ParamInfo]:
     return infos
 
 
-def _preset(name: str) -> Callable[[ParamInfo], bool] | None:
-    presets: dict[str, Callable[[ParamInfo], bool]] = {
-        "all": lambda info: True,
-        "norms": lambda info: info.in_norm,
-        "weights": lambda info: len(info.shape) >= 2,
-        "attn": lambda info: any(re.search(r"(^|\.)attn\.", a) for a in info.aliases),
-        "mlp": lambda info: any(re.search(r"(^|\.)mlp\.", a) for a in info.aliases),
-    }
-    return presets.get(name)
+_PRESETS: dict[str, Callable[[ParamInfo], bool]] = {
+    "all": lambda info: True,
+    "norms": lambda info: info.in_norm,
+    "weights": lambda info: len(info.shape) >= 2,
+    "attn": lambda info: any(re.search(r"(^|\.)attn\.", a) for a in info.aliases),
+    "mlp": lambda info: any(re.search(r"(^|\.)mlp\.", a) for a in info.aliases),
+}
 
-
-PRESETS = ("all", "norms", "weights", "attn", "mlp")
+PRESETS = tuple(_PRESETS)
 
 
 def layer_pattern(layer: int) -> str:
@@ -177,7 +173,7 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[Pa
             )
         tests = []
         for selector in selectors:
-            preset = _preset(selector)
+            preset = _PRESETS.get(selector)
             if preset is None:
                 try:
                     regex = re.compile(selector)
@@ -354,9 +350,6 @@ class CurvatureOperator:
     def __matmul__(self, vectors: torch.Tensor) -> torch.Tensor:
         total, weight = self.weighted_sum(vectors)
         return total / weight
-
-    def matvec(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self @ vectors
 
     def _batch_products(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
         raise NotImplementedError

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,20 @@ DENSITY_STEPS = 14  # one SLQ probe
 BLOCK_STEPS = 6  # Lanczos steps per block (top eigenvalue only)
 
 
+def render_figure(
+    plot: Callable[..., Any], data: Any, caption: str, figsize: tuple[float, float],
+    save_to: Path | None = None,
+) -> Figure:
+    """``plot(data, ax=ax)`` on a new figure of ``figsize``, saved as a PNG to ``save_to`` if given."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    plot(data, ax=ax)
+    if save_to is not None:
+        fig.savefig(save_to, dpi=110, bbox_inches="tight")
+    return Figure.from_matplotlib(fig, caption)
+
+
 def _blocks(n_layers: int) -> dict[str, str]:
     blocks = transformer_blocks(n_layers)
     return {k: v for k, v in blocks.items() if k.startswith("blocks.")}  # attn / mlp / norms per layer
@@ -47,8 +63,6 @@ def build_section(study: ZooStudy) -> ReportSection:
 
 
 def _build(study: ZooStudy, start: float) -> ReportSection:
-    import matplotlib.pyplot as plt
-
     from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
 
     out = study.data_dir / "hessian"
@@ -93,24 +107,21 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
                                       "block_steps": BLOCK_STEPS})
     figures = []
     if eigen:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        plot_eigenvalues(eigen, ax=ax)
-        figures.append(Figure.from_matplotlib(fig, "Top Hessian eigenvalues per model."))
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        plot_densities(densities, ax=ax)
-        figures.append(Figure.from_matplotlib(
-            fig, "Hessian spectral densities (1 SLQ probe, log-scale density); re=|λmin/λmax|, "
-                 "Kh = negative-to-positive square-root mass ratio (LLA criteria)."))
-        for name in study.diverged & set(study.models):
+        figures.append(render_figure(plot_eigenvalues, eigen, "Top Hessian eigenvalues per model.", (6, 3.5)))
+        figures.append(render_figure(
+            plot_densities, densities,
+            "Hessian spectral densities (1 SLQ probe, log-scale density); re=|λmin/λmax|, "
+            "Kh = negative-to-positive square-root mass ratio (LLA criteria).", (6, 3.5)))
+        for name in (n for n in study.models if n in study.diverged):  # model order, not set order
             block_results.append(BlockSpectrumResult(name, block_results[0].blocks,
                                                      np.zeros(len(block_results[0].blocks), dtype=np.int64),
                                                      np.full(len(block_results[0].blocks), math.nan),
                                                      np.full(len(block_results[0].blocks), math.nan), 0))
-        fig, ax = plt.subplots(figsize=(8, 0.5 * len(block_results) + 2))
-        plot_block_heatmap(block_results, ax=ax)
-        figures.append(Figure.from_matplotlib(
-            fig, "Top eigenvalue of the Hessian restricted to each block's parameters "
-                 "(empty: no parameters there, e.g. the norms of the norm-free model)."))
+        figures.append(render_figure(
+            plot_block_heatmap, block_results,
+            "Top eigenvalue of the Hessian restricted to each block's parameters "
+            "(empty: no parameters there, e.g. the norms of the norm-free model).",
+            (8, 0.5 * len(block_results) + 2)))
     elapsed = time.perf_counter() - start
     notes.insert(0, (
         f"Fast settings for the demo budget: one batch of {N_SEQ}x{N_CTX} held-out tokens, "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normlens.curvature.lanczos import apply
+from normlens.curvature.lanczos import _op_device, apply
 from normlens.curvature.operators import as_operator
 from normlens.curvature.results import TraceResult
 
@@ -58,7 +58,7 @@ def estimate_trace(
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     n = op.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    device = getattr(op, "device", None) or torch.device("cpu")
+    device = _op_device(op)
     if method == "hutchinson":
         if num_matvecs < 2:
             raise ValueError(f"Hutchinson needs num_matvecs >= 2 for a standard error, got {num_matvecs}")

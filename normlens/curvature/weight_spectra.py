@@ -135,7 +135,7 @@ def compute_weight_spectra(
     return WeightSpectraResult(
         names=tuple(names),
         shapes=tuple(shapes),
-        eigenvalues=np.concatenate(chunks) if chunks else np.zeros(0),
+        eigenvalues=np.concatenate(chunks),  # never empty: infos is checked above
         offsets=offsets,
         alphas=np.array([f[0] for f in fits]),
         xmins=np.array([f[1] for f in fits]),

@@ -70,8 +70,8 @@ def num_warps_bwd(elements: int) -> int:
     return 8
 
 
-def check_rows_input(name: str, x: torch.Tensor, width: int | None = None) -> None:
-    """Raise a readable error unless ``x`` is a float tensor of a supported dtype, (..., width)."""
+def check_rows_input(name: str, x: torch.Tensor) -> None:
+    """Raise a readable error unless ``x`` is a float tensor of a supported dtype, (..., features)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
@@ -79,10 +79,6 @@ def check_rows_input(name: str, x: torch.Tensor, width: int | None = None) -> No
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"{name} has dtype {x.dtype}; the fused kernels take float32, bfloat16 or float16"
-        )
-    if width is not None and x.shape[-1] != width:
-        raise ValueError(
-            f"{name} has {x.shape[-1]} features (shape {tuple(x.shape)}), expected {width}"
         )
 
 
@@ -99,9 +95,16 @@ def check_runnable(x: torch.Tensor) -> None:
         )
 
 
-def check_param(name: str, p: torch.Tensor | None, width: int, device: torch.device) -> None:
-    """Raise unless ``p`` is None or a (width,) tensor of a supported dtype on ``device``."""
+def check_param(
+    name: str, p: torch.Tensor | None, width: int, device: torch.device, *, required_by: str | None = None
+) -> None:
+    """Raise unless ``p`` is None or a (width,) tensor of a supported dtype on ``device``.
+
+    ``required_by``: the name of the function that needs ``p``; None is then an error.
+    """
     if p is None:
+        if required_by is not None:
+            raise ValueError(f"{required_by} needs a {name} of shape ({width},), got None")
         return
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(p).__name__}")

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from normlens.kernels._launch import SUPPORTED_DTYPES
 from normlens.kernels.config import fused_enabled, is_available
-
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def has_hooks(module: nn.Module) -> bool:
@@ -74,9 +73,9 @@ def fused_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     kind = getattr(module, "kind", "")
     if kind not in ("ln", "rms", "dyt") or not fused_enabled() or not is_available():
         return None
-    if x.dtype not in _FUSED_DTYPES or x.numel() == 0 or x.shape[-1] != module.d_model:
+    if x.dtype not in SUPPORTED_DTYPES or x.numel() == 0 or x.shape[-1] != module.d_model:
         return None
-    if module.weight.dtype not in _FUSED_DTYPES or _transform_or_trace_active():
+    if module.weight.dtype not in SUPPORTED_DTYPES or _transform_or_trace_active():
         return None
     if kind == "dyt":
         if has_hooks(module.hook_pre_tanh) or has_hooks(module.hook_normalized):

@@ -275,9 +275,7 @@ def fused_dyt(
         raise ValueError(f"alpha must be a one-element tensor, got {got}")
     if alpha.device != x.device:
         raise ValueError(f"alpha is on {alpha.device} but the input is on {x.device}")
-    if weight is None:
-        raise ValueError(f"fused_dyt needs a weight of shape ({n},), got None")
-    check_param("weight", weight, n, x.device)
+    check_param("weight", weight, n, x.device, required_by="fused_dyt")
     check_param("bias", bias, n, x.device)
     return FusedDyTFunction.apply(x, alpha, weight, bias)
 

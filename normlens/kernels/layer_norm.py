@@ -409,9 +409,7 @@ def fused_layer_norm(
     """
     check_rows_input("x", x)
     n = x.shape[-1]
-    if weight is None:
-        raise ValueError(f"fused_layer_norm needs a weight of shape ({n},), got None")
-    check_param("weight", weight, n, x.device)
+    check_param("weight", weight, n, x.device, required_by="fused_layer_norm")
     check_param("bias", bias, n, x.device)
     y, mean, rstd = FusedLayerNormFunction.apply(x, weight, bias, float(eps))
     return (y, mean, rstd) if return_stats else y

@@ -79,9 +79,7 @@ def fused_rms_norm(
         y (x.shape, x.dtype), or (y, rstd).
     """
     check_rows_input("x", x)
-    if weight is None:
-        raise ValueError(f"fused_rms_norm needs a weight of shape ({x.shape[-1]},), got None")
-    check_param("weight", weight, x.shape[-1], x.device)
+    check_param("weight", weight, x.shape[-1], x.device, required_by="fused_rms_norm")
     y, rstd = FusedRMSNormFunction.apply(x, weight, float(eps))
     return (y, rstd) if return_stats else y
 

@@ -36,6 +36,7 @@ from normlens.landscape.params import (
     fingerprint,
     flatten,
     is_one_d,
+    norm,
     parameters_of,
     unflatten,
 )
@@ -78,7 +79,7 @@ class Directions:
 
     def norms(self) -> tuple[float, ...]:
         """‖d_k‖ over all parameters, per axis."""
-        return tuple(float(sum(t.double().pow(2).sum() for t in axis.values())) ** 0.5 for axis in self.axes)
+        return tuple(norm(axis) for axis in self.axes)
 
     def fingerprint(self) -> str:
         """SHA-256 of the direction tensors and how they were made."""
@@ -91,17 +92,6 @@ class Directions:
         params = parameters_of(model)
         for axis in self.axes:
             check_same_shapes(params, axis, what=f"{self.kind} direction")
-
-    def describe(self) -> str:
-        """One line for plots: how the axes were made."""
-        one_d = {"zero": "1-D params zeroed", "copy": "1-D params copied",
-                 "included": "1-D params included"}[self.one_d]
-        what = {"random": f"random Gaussian, {self.normalization}-normalized",
-                "hessian": "top Hessian eigenvectors (unit)",
-                "pca": "trajectory PCA components (unit)",
-                "interpolation": "linear interpolation"}[self.kind]
-        seed = f", seed {self.seed}" if self.seed is not None and self.kind == "random" else ""
-        return f"{what}, {one_d}{seed}"
 
     def save(self, path: str | Path) -> Path:
         """Write to a .safetensors file (keys ``axis{k}/{name}``) atomically."""

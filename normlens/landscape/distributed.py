@@ -55,8 +55,6 @@ def merge_shards(store: GridStore) -> None:
     if store.path is None:
         return
     for shard in shard_paths(store.path):
-        if shard.suffix.endswith(".tmp"):
-            continue
         store.merge(shard)
 
 
@@ -88,8 +86,4 @@ def gather_store(store: GridStore) -> None:
         dist.all_gather(parts, tensor)
         gathered.append(parts)
     for loss, accuracy, done in zip(*gathered):
-        for chunk in np.flatnonzero(done.numpy() > 0.5):
-            cells = store.chunk_cells(chunk)
-            store.loss[cells] = loss.numpy()[cells]
-            store.accuracy[cells] = accuracy.numpy()[cells]
-            store.chunk_done[chunk] = True
+        store.take_chunks(done.numpy() > 0.5, loss.numpy(), accuracy.numpy())

@@ -35,7 +35,7 @@ from normlens.landscape.params import (
     parameters_of,
     tensor_fingerprint,
 )
-from normlens.landscape.results import LandscapeResult
+from normlens.landscape.results import LandscapeResult, origin_index
 from normlens.landscape.store import GridStore
 
 Range = tuple[float, float]
@@ -98,8 +98,8 @@ class PointEvaluator:
     """``points (P, n_axes) -> (loss (P,), accuracy (P,) or None)`` for one model and directions.
 
     Only parameters that some direction moves are batched (``vmap`` in_dims 0);
-    the rest are the model's own tensors. Call inside ``torch.no_grad()`` and
-    :func:`eval_mode`.
+    the rest are the model's own tensors. Construct and call inside ``torch.no_grad()``
+    and :func:`eval_mode`; construction runs one forward on one evaluation item.
     """
 
     def __init__(self, model: nn.Module, directions: Directions, eval_items: torch.Tensor,
@@ -114,9 +114,15 @@ class PointEvaluator:
                       if any(bool((axis[n] != 0).any()) for axis in directions.axes)}
         self.axes = [{n: axis[n].to(params[n].device) for n in self.theta} for axis in directions.axes]
         self.accuracy = accuracy
-        self.with_accuracy: Optional[bool] = None
-        self._count: Optional[int] = None
-        self._flat: "Optional[_FlatDirections | bool]" = None  # built on first use; False: per-tensor path
+        self._flat = _FlatDirections.build(self.theta, self.axes)  # None: per-tensor path
+        # one forward on one item gives the loss count, whether the objective has accuracy,
+        # and the output size that :func:`_auto_batching` sizes batches by
+        with torch.no_grad():
+            out = model(eval_items[:1])
+        losses, correct = objective(out, eval_items[:1])
+        self.with_accuracy = accuracy and correct is not None
+        self.n_elements = losses.numel() * eval_items.shape[0]  # loss elements over the evaluation set
+        self.item_output = (out.numel(), out.element_size())
 
         slots = parameter_slots(model)
 
@@ -139,9 +145,7 @@ class PointEvaluator:
         across chunks: one write instead of 2·n_axes + 1 passes over fresh
         temporaries. At a = 0 the value is θ exactly.
         """
-        if self._flat is None:
-            self._flat = _FlatDirections.build(self.theta, self.axes)
-        if self._flat is not False:
+        if self._flat is not None:
             return self._flat.perturbed(points)
         out = {}
         for n, theta in self.theta.items():
@@ -153,22 +157,11 @@ class PointEvaluator:
             out[n] = theta.unsqueeze(0) + shift  # (P, *shape)
         return out
 
-    def count(self) -> int:
-        """Number of loss elements over the whole evaluation set (from one item)."""
-        if self._count is not None:
-            return self._count
-        losses, correct = self.objective(self.model(self.eval_items[:1]), self.eval_items[:1])
-        if self.with_accuracy is None:
-            self.with_accuracy = self.accuracy and correct is not None
-        self._count = losses.numel() * self.eval_items.shape[0]
-        return self._count
-
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         pts = torch.as_tensor(np.asarray(points, dtype=np.float64))
         moving = self.perturbed(pts)
         total = torch.zeros(pts.shape[0], dtype=torch.float64)
         hits = torch.zeros(pts.shape[0], dtype=torch.float64)
-        n = self.count()
         for start in range(0, self.eval_items.shape[0], self.items_per_batch):
             batch = self.eval_items[start:start + self.items_per_batch]
             if moving:
@@ -177,8 +170,8 @@ class PointEvaluator:
                 loss_sum, hit_sum = self._sums({}, batch)
             total += loss_sum.detach().double().cpu()
             hits += hit_sum.detach().double().cpu()
-        loss = (total / n).numpy()
-        return loss, ((hits / n).numpy() if self.with_accuracy else None)
+        loss = (total / self.n_elements).numpy()
+        return loss, ((hits / self.n_elements).numpy() if self.with_accuracy else None)
 
 
 class _FlatDirections:
@@ -191,9 +184,9 @@ class _FlatDirections:
         self._buffers: Params = {}
 
     @classmethod
-    def build(cls, theta: Params, axes: list[Params]) -> "_FlatDirections | bool":
+    def build(cls, theta: Params, axes: list[Params]) -> "Optional[_FlatDirections]":
         if not theta or len({(t.dtype, t.device) for t in theta.values()}) != 1:
-            return False
+            return None
         return cls(theta, axes)
 
     def perturbed(self, points: torch.Tensor) -> Params:
@@ -220,10 +213,9 @@ def _auto_batching(model: nn.Module, evaluator: PointEvaluator, n_cells: int,
     per point, one copy of the moved parameters.
     """
     items = evaluator.eval_items
-    with torch.no_grad():
-        out = model(items[:1])
-    elt = max(out.element_size(), 4)
-    per_item = 8 * out.numel()
+    out_numel, out_element_size = evaluator.item_output
+    elt = max(out_element_size, 4)
+    per_item = 8 * out_numel
     cfg = getattr(model, "cfg", None)
     if cfg is not None and all(hasattr(cfg, a) for a in ("n_layers", "d_model", "n_heads")):
         ctx = items.shape[1] if items.dim() > 1 else 1
@@ -338,15 +330,11 @@ def compute_landscape(
             dd.barrier()
             if rank == 0:
                 dd.remove_shards(path)
-        with_accuracy = evaluator.with_accuracy
-        if with_accuracy is None:
-            evaluator.count()
-            with_accuracy = evaluator.with_accuracy
 
     shape = tuple(len(c) for c in coords)
     loss = store.loss.reshape(shape)
-    accuracy_grid = store.accuracy.reshape(shape) if with_accuracy else None
-    origin = tuple(int(np.flatnonzero(c == 0.0)[0]) for c in coords)
+    accuracy_grid = store.accuracy.reshape(shape) if evaluator.with_accuracy else None
+    origin = origin_index(coords)
     info = {k: v for k, v in directions.info.items() if k != "model_fingerprint"}
     return LandscapeResult(
         coords=coords, loss=loss, accuracy=accuracy_grid, center_loss=float(loss[origin]),

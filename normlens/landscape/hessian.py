@@ -2,9 +2,9 @@
 
 Hv = ∇_θ (∇_θ L · v), by double backward through a functional call (parameters swapped in)
 on detached copies of the parameters, so the model's weights and ``.grad``
-are never touched. Top eigenpairs by Lanczos with full reorthogonalization
-(≥ 2k + 20 steps; without reorthogonalization ghost copies of the top
-eigenvalue appear).
+are never touched. Top eigenpairs by :func:`normlens.curvature.lanczos.compute_eigenpairs`
+(Lanczos with full reorthogonalization, a fixed ≥ 2k + 20 steps; without
+reorthogonalization ghost copies of the top eigenvalue appear).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from normlens.curvature.lanczos import compute_eigenpairs
 from normlens.landscape.objective import Objective, eval_mode, next_token_objective
 from normlens.landscape.params import Params, flatten, functional_forward, parameter_slots, unflatten
 
@@ -79,43 +80,19 @@ def rayleigh_quotient(hvp: HessianVectorProduct, direction: Params) -> float:
     return num / den
 
 
-def lanczos_top(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 2,
-                n_steps: int | None = None, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-    """Top-``k`` (largest algebraic) eigenpairs of a symmetric operator on R^dim.
+class _FlatHessian:
+    """``H @ v`` on flat float64 CPU vectors over ``names``: the operator :func:`compute_eigenpairs` takes."""
 
-    Lanczos with full reorthogonalization in float64, ``n_steps`` ≥ 2k + 20
-    (capped at ``dim``). Returns eigenvalues (k,) descending and eigenvectors (k, dim).
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    m = min(dim, n_steps if n_steps is not None else max(2 * k + 20, 30))
-    if m < k:
-        raise ValueError(f"n_steps={m} is fewer than k={k} eigenpairs")
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dim, generator=gen, dtype=torch.float64)
-    q /= q.norm()
-    basis = torch.zeros(m, dim, dtype=torch.float64)  # (m, dim) Lanczos vectors
-    alphas, betas = [], []
-    for j in range(m):
-        basis[j] = q
-        w = matvec(q).to(torch.float64)
-        alpha = float(w @ q)
-        alphas.append(alpha)
-        # full reorthogonalization against every earlier vector (twice, for stability)
-        for _ in range(2):
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = float(w.norm())
-        if j == m - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
-            break
-        betas.append(beta)
-        q = w / beta
-    steps = len(alphas)
-    tri = np.diag(alphas) + np.diag(betas[: steps - 1], 1) + np.diag(betas[: steps - 1], -1)
-    values, vectors = np.linalg.eigh(tri)  # ascending
-    order = np.argsort(values)[::-1][:k]
-    ritz = torch.from_numpy(vectors[:, order].T.copy()) @ basis[:steps]  # (k, dim)
-    ritz = ritz / ritz.norm(dim=1, keepdim=True)
-    return values[order], ritz
+    dtype = torch.float64
+    device = torch.device("cpu")
+
+    def __init__(self, hvp: HessianVectorProduct, like: Params, names: list[str]):
+        self.hvp, self.like, self.names = hvp, like, names
+        dim = sum(like[n].numel() for n in names)
+        self.shape = (dim, dim)
+
+    def __matmul__(self, vector: torch.Tensor) -> torch.Tensor:
+        return flatten(self.hvp(unflatten(vector, self.like, self.names)), self.names).double().cpu()
 
 
 def top_hessian_eigenpairs(model: nn.Module, params: Params, eval_items: torch.Tensor, names: list[str],
@@ -130,14 +107,12 @@ def top_hessian_eigenpairs(model: nn.Module, params: Params, eval_items: torch.T
     with eval_mode(model):
         hvp = HessianVectorProduct(closure, params, names)
         like = {n: params[n] for n in names}
-
-        def matvec(vector: torch.Tensor) -> torch.Tensor:
-            return flatten(hvp(unflatten(vector, like, names)), names).double().cpu()
-
-        dim = sum(params[n].numel() for n in names)
-        values, vectors = lanczos_top(matvec, dim, k=k, n_steps=n_steps, seed=seed)
+        steps = n_steps if n_steps is not None else max(2 * k + 20, 30)
+        eigen = compute_eigenpairs(_FlatHessian(hvp, like, names), k, num_steps=steps, max_steps=steps,
+                                   seed=seed, exact_residuals=False, warn=False)
+    values = eigen.eigenvalues
     eigvecs = []
-    for row in vectors:
+    for row in torch.tensor(eigen.eigenvectors.T):  # (k, dim), a copy (the result is read-only)
         vec = {n: torch.zeros_like(params[n]) for n in params}
         vec.update({n: t.to(params[n].device) for n, t in unflatten(row, like, names).items()})
         eigvecs.append(vec)

@@ -7,12 +7,11 @@ it does not depend on how the set is cut into batches.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
-import torch.nn as nn
 
+from normlens.curvature.hygiene import eval_mode  # noqa: F401  (re-exported for the landscape modules)
 from normlens.losses import logits_loss
 
 # (outputs, batch) -> (per-element losses, per-element correct in {0, 1} or None)
@@ -44,15 +43,3 @@ def check_eval_items(items: torch.Tensor) -> torch.Tensor:
             "pass at least one item, e.g. tokens of shape (n_seq, n_ctx) with n_seq >= 1"
         )
     return items
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag

@@ -90,12 +90,9 @@ def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor], names: lis
     return out
 
 
-def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    return float(sum((a[n].double() * b[n].double()).sum() for n in a))
-
-
 def norm(a: Mapping[str, torch.Tensor]) -> float:
-    return dot(a, a) ** 0.5
+    """‖a‖ over every tensor of ``a`` (float64 accumulation)."""
+    return float(sum(t.double().pow(2).sum() for t in a.values())) ** 0.5
 
 
 def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:

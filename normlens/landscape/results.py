@@ -11,6 +11,11 @@ import numpy as np
 from normlens.io import write_json, write_npz, read_json
 
 
+def origin_index(coords: tuple[np.ndarray, ...]) -> tuple[int, ...]:
+    """Per axis, the index of the coefficient 0.0 (every grid axis contains it exactly)."""
+    return tuple(int(np.flatnonzero(c == 0.0)[0]) for c in coords)
+
+
 @dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class LandscapeResult:
     """A 1-D or 2-D loss surface f(a, b) = L(θ + a·d₁ + b·d₂).
@@ -49,7 +54,7 @@ class LandscapeResult:
 
     @property
     def origin_index(self) -> tuple[int, ...]:
-        return tuple(int(np.flatnonzero(c == 0.0)[0]) for c in self.coords)
+        return origin_index(self.coords)
 
     @property
     def n_nonfinite(self) -> int:

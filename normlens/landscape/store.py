@@ -51,10 +51,6 @@ class GridStore:
     def missing_chunks(self) -> np.ndarray:
         return np.flatnonzero(~self.chunk_done)
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.chunk_done.all())
-
     @classmethod
     def open(cls, path: str | Path | None, fingerprint: Mapping[str, str], n_cells: int,
              chunk_size: int) -> "GridStore":
@@ -102,10 +98,15 @@ class GridStore:
         stored = read_store(other_path)
         if stored["fingerprint"] != self.fingerprint or stored["chunk_size"] != self.chunk_size:
             raise GridMismatchError(f"shard {other_path} was written for different inputs")
-        for chunk in np.flatnonzero(stored["chunk_done"] & ~self.chunk_done):
+        self.take_chunks(stored["chunk_done"] & ~self.chunk_done, stored["loss"], stored["accuracy"])
+
+    def take_chunks(self, chunks: np.ndarray, loss: np.ndarray, accuracy: np.ndarray) -> None:
+        """Copy the chunks flagged in ``chunks`` (a bool per chunk) from whole-grid ``loss``/``accuracy``
+        arrays of another store and mark them done."""
+        for chunk in np.flatnonzero(chunks):
             cells = self.chunk_cells(chunk)
-            self.loss[cells] = stored["loss"][cells]
-            self.accuracy[cells] = stored["accuracy"][cells]
+            self.loss[cells] = loss[cells]
+            self.accuracy[cells] = accuracy[cells]
             self.chunk_done[chunk] = True
 
 

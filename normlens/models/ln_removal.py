@@ -22,12 +22,12 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from normlens.data.corpus import TokenSplits, token_windows
+from normlens.data.corpus import TokenSplits, eval_windows, token_windows
 from normlens.losses import next_token_loss
 from normlens.models.checkpoint import model_tensors
 from normlens.models.norms import FrozenStdLayerNorm
 from normlens.models.zoo import build_model, get_config, norm_modules
-from normlens.sites import norm_hook
+from normlens.sites import norm_scale
 from normlens.train import evaluate
 
 
@@ -90,10 +90,10 @@ def _to_fake_layernorm(model: TransformerBridge) -> TransformerBridge:
 def _calibrate(model: TransformerBridge, tokens: torch.Tensor) -> None:
     """Start every tracked std at its measured mean instead of the EMA's 1.0."""
     norms = norm_modules(model)
-    names = [norm_hook(slot, "hook_scale") for slot in norms]
+    names = [norm_scale(slot) for slot in norms]
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     for slot, norm in norms.items():
-        scale = cache[norm_hook(slot, "hook_scale")]  # (batch, pos, 1)
+        scale = cache[norm_scale(slot)]  # (batch, pos, 1)
         norm.std.fill_(scale[:, 1:].mean().item())
         norm.std_first.fill_(scale[:, :1].mean().item())
 
@@ -108,7 +108,7 @@ def remove_layernorm(
     """
     started = time.perf_counter()
     n_ctx = get_config(model).n_ctx
-    val_tokens = token_windows(splits.val, n_seq=config.eval_seqs, n_ctx=n_ctx, seed=config.seed + 1)
+    val_tokens = eval_windows(splits, n_seq=config.eval_seqs, n_ctx=n_ctx, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed + 7)
     fake = _to_fake_layernorm(model)
     result = LNRemovalResult(val_loss_before=evaluate(model, val_tokens), val_loss_after=float("nan"))

@@ -49,9 +49,6 @@ class ModelInfo:
     hook_names: list[str]
     n_layers: int | None = None
     n_heads: int | None = None
-    d_head: int | None = None
-    d_model: int | None = None
-    norm_kinds: dict[str, str] = field(default_factory=dict)  # slot -> "ln" / "dyt" / ...
     norm_paths: list[str] = field(default_factory=list)  # plain modules: paths of norm layers
     block_paths: list[str] = field(default_factory=list)  # plain modules: paths of the blocks
 
@@ -74,7 +71,6 @@ class ModelInfo:
 class BatchContext:
     """Per-forward state shared by all probes of one attachment."""
 
-    index: int
     attention_mask: torch.Tensor | None = None  # (batch, pos), 1 = real token
     shared: dict[Any, Any] = field(default_factory=dict)  # per-batch memo (probes key it)
 
@@ -135,18 +131,11 @@ def model_info(model: nn.Module) -> tuple[ModelInfo, dict[str, tuple[nn.Module, 
         cfg = getattr(model, "cfg", None)
         table = {name: (hp, "out") for name, hp in hook_dict.items()}
         zoo = getattr(model, "normlens_config", None)
-        n_layers = getattr(cfg, "n_layers", None)
-        norm_kinds = {}
-        if zoo is not None and n_layers is not None:
-            norm_kinds = {slot: zoo.slot_kind(slot) for slot in S.norm_slots(n_layers)}
         info = ModelInfo(
             kind="zoo" if zoo is not None else "bridge",
             hook_names=list(table),
-            n_layers=n_layers,
+            n_layers=getattr(cfg, "n_layers", None),
             n_heads=getattr(cfg, "n_heads", None),
-            d_head=getattr(cfg, "d_head", None),
-            d_model=getattr(cfg, "d_model", None),
-            norm_kinds=norm_kinds,
         )
         return info, table
     table: dict[str, tuple[nn.Module, str]] = {}
@@ -197,7 +186,6 @@ class Attachment:
         self.probes = list(probes)
         self._handles: list[Any] = []
         self._batch: BatchContext | None = None
-        self._n_batches = 0
         self.attached = False
 
     def _attach(self) -> None:
@@ -229,7 +217,7 @@ class Attachment:
                 x = x[0]
             if not torch.is_tensor(x):
                 return
-            batch = self._batch if self._batch is not None else BatchContext(index=-1)
+            batch = self._batch if self._batch is not None else BatchContext()
             # The tensor object itself is passed (not a detached copy) so probes can
             # recognise one tensor seen at two sites; no_grad keeps them off the graph.
             # (Pinning probes to one thread was tried: on an idle 2-core machine it made
@@ -244,7 +232,7 @@ class Attachment:
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
-        self._batch = BatchContext(index=self._n_batches, attention_mask=mask if torch.is_tensor(mask) else None)
+        self._batch = BatchContext(attention_mask=mask if torch.is_tensor(mask) else None)
         for probe in self.probes:
             probe.begin_batch(self._batch)
 
@@ -252,7 +240,6 @@ class Attachment:
         batch, self._batch = self._batch, None
         if batch is None:
             return
-        self._n_batches += 1
         for probe in self.probes:
             probe.end_batch(batch)
 

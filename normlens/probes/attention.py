@@ -25,7 +25,7 @@ first key (position 0).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +35,8 @@ import torch
 
 from normlens import sites as S
 from normlens.probes.attach import BatchContext, ModelInfo, Probe, ProbeError
-from normlens.probes.results import load_arrays, load_frame, save_arrays, save_frame, save_meta
+from normlens.kernels.reference import visible_keys
+from normlens.probes.results import load_arrays, save_arrays, save_frame, save_meta
 from normlens.io import read_json
 
 
@@ -51,13 +52,19 @@ class EntropyRows:
 
 def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool,
              key_mask: torch.Tensor | None) -> torch.Tensor:
-    """(batch or 1, 1, q, k) bool: which keys each query may see."""
+    """(batch or 1, 1, q, k) bool: which keys each query may see, for one block of query and key
+    positions (:func:`normlens.kernels.reference.visible_keys` for the whole matrix)."""
     vis = (k_pos[None, :] <= q_pos[:, None]) if causal else torch.ones(
         len(q_pos), len(k_pos), dtype=torch.bool, device=q_pos.device)
     vis = vis[None, None]  # (1, 1, q, k)
     if key_mask is not None:
         vis = vis & key_mask[:, None, None, k_pos]  # (batch, 1, q, k)
     return vis
+
+
+def _pad_pos(a: np.ndarray, n_pos: int) -> np.ndarray:
+    """Zero-pad the last (position) axis of ``a`` to ``n_pos``."""
+    return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, n_pos - a.shape[-1])])
 
 
 def _split_heads(x: torch.Tensor, n_heads: int | None, what: str) -> torch.Tensor:
@@ -241,9 +248,9 @@ class AttentionEntropyResult:
         if self.layers != other.layers:
             raise ValueError(f"cannot merge entropy over layers {self.layers} and {other.layers}")
         P = max(self.count.shape[2], other.count.shape[2])
-        pad = lambda a: np.pad(a, ((0, 0), (0, 0), (0, P - a.shape[2])))  # noqa: E731
         names = ("entropy_sum", "normalized_sum", "count", "choice_count", "sink_count")
-        return AttentionEntropyResult(self.layers, *(pad(getattr(self, k)) + pad(getattr(other, k)) for k in names),
+        return AttentionEntropyResult(self.layers, *(_pad_pos(getattr(self, k), P) + _pad_pos(getattr(other, k), P)
+                                                     for k in names),
                                       self.overload_threshold, self.collapse_threshold, self.sink_threshold, self.source)
 
     def save(self, folder: str | Path) -> Path:
@@ -281,8 +288,7 @@ class _EntropyAccumulator:
         old = self.sums.get(layer)
         if old is not None:
             P = max(old[0].shape[1], parts[0].shape[1])
-            pad = lambda a: np.pad(a, ((0, 0), (0, P - a.shape[1])))  # noqa: E731
-            parts = [pad(o) + pad(p) for o, p in zip(old, parts)]
+            parts = [_pad_pos(o, P) + _pad_pos(p, P) for o, p in zip(old, parts)]
         self.sums[layer] = parts
 
     def result(self, probe) -> AttentionEntropyResult:
@@ -292,8 +298,7 @@ class _EntropyAccumulator:
             return AttentionEntropyResult((), z, z, z, z, z, probe.overload_threshold,
                                           probe.collapse_threshold, probe.sink_threshold, probe.source)
         P = max(self.sums[l][0].shape[1] for l in layers)
-        stack = [np.stack([np.pad(self.sums[l][i], ((0, 0), (0, P - self.sums[l][i].shape[1]))) for l in layers])
-                 for i in range(5)]
+        stack = [np.stack([_pad_pos(self.sums[l][i], P) for l in layers]) for i in range(5)]
         return AttentionEntropyResult(tuple(layers), *stack, probe.overload_threshold,
                                       probe.collapse_threshold, probe.sink_threshold, probe.source)
 
@@ -326,8 +331,7 @@ class AttentionEntropyProbe(Probe):
         self.block_size = block_size
         self.overload_threshold, self.collapse_threshold = overload_threshold, collapse_threshold
         self.sink_threshold, self.causal, self.scale = sink_threshold, causal, scale
-        self._acc = _EntropyAccumulator([])
-        self._pending: dict[int, torch.Tensor] = {}
+        self.reset()
 
     def _layers(self, info: ModelInfo) -> list[int]:
         if info.kind == "module" or not info.n_layers:
@@ -349,7 +353,7 @@ class AttentionEntropyProbe(Probe):
 
     def reset(self) -> None:
         self._acc = _EntropyAccumulator(self._layers(self.info) if self.info else [])
-        self._pending = {}
+        self._pending: dict[int, torch.Tensor] = {}
 
     def begin_batch(self, batch: BatchContext) -> None:
         self._pending = {}
@@ -382,7 +386,5 @@ class PatternEntropyProbe(AttentionEntropyProbe):
 
     def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
         b, h, n_q, n_k = x.shape
-        q_pos, k_pos = torch.arange(n_q), torch.arange(n_k)
-        mask = None if batch.attention_mask is None else batch.attention_mask.to(torch.bool)
-        vis = _visible(q_pos, k_pos, self.causal, mask)
+        vis = visible_keys(n_q, n_k, causal=self.causal, key_padding_mask=batch.attention_mask, device=x.device)
         self._acc.add(S.layer_of(site), pattern_entropy(x, vis), self.sink_threshold)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from normlens import sites as S
-from normlens.probes.attach import ProbeError, model_info, resolve_sites
+from normlens.probes.attach import model_info, resolve_sites
 from normlens.probes.results import load_frame, save_frame
 
 KINDS = ("logistic", "ridge")
@@ -92,6 +92,78 @@ def collect_activations(model: nn.Module, tokens: torch.Tensor, sites: Sequence[
     return {s: torch.cat(v).numpy() for s, v in kept.items()}, idx.numpy()
 
 
+def _targets(tokens: torch.Tensor, labels: str | np.ndarray | torch.Tensor, kind: str,
+             test_fraction: float) -> tuple[np.ndarray, str]:
+    """Check the arguments; (batch, pos) label array and the label's name."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    if not torch.is_tensor(tokens) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a (batch, pos) tensor, got {getattr(tokens, 'shape', type(tokens))}")
+    if isinstance(labels, str):
+        if labels == "token":
+            return tokens.numpy(), "token"
+        if labels == "position":
+            return np.broadcast_to(np.arange(tokens.shape[1], dtype=np.float64), tokens.shape), "position"
+        raise ValueError(f"labels must be 'token', 'position' or a (batch, pos) array, got {labels!r}")
+    y_all = labels.numpy() if torch.is_tensor(labels) else np.asarray(labels)
+    if y_all.shape != tuple(tokens.shape):
+        raise ValueError(f"labels must have the tokens' shape {tuple(tokens.shape)}, got {y_all.shape}")
+    return y_all, "user"
+
+
+def _score(acts: dict[str, np.ndarray], idx: np.ndarray, sites: Sequence[str], y_all: np.ndarray,
+           label_name: str, *, kind: str, test_fraction: float, seed: int, alpha: float,
+           max_iter: int) -> LinearProbeResult:
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+    from sklearn.model_selection import train_test_split
+
+    categorical = np.issubdtype(y_all.dtype, np.integer) or y_all.dtype == bool
+    y = np.asarray(y_all).reshape(-1)[idx]
+    rows = []
+    for site, X in acts.items():
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed)
+        if categorical:
+            est = (LogisticRegression(C=1.0 / alpha, max_iter=max_iter) if kind == "logistic"
+                   else RidgeClassifier(alpha=alpha))
+            metric = "accuracy"
+        else:
+            est, metric = Ridge(alpha=alpha), "r2"
+        if categorical and len(np.unique(y_tr)) < 2:
+            score = float(np.mean(y_te == y_tr[0]))
+        else:
+            est.fit(X_tr, y_tr)
+            score = float(est.score(X_te, y_te))
+        rows.append({"site": site, "layer": S.layer_of(site), "depth": sites.index(site) if site in sites else None,
+                     "score": score, "metric": metric, "n_train": len(y_tr), "n_test": len(y_te),
+                     "label": label_name, "kind": kind if categorical else "ridge"})
+    return LinearProbeResult(pd.DataFrame(rows))
+
+
+def score_linear_probes(
+    acts: dict[str, np.ndarray],
+    idx: np.ndarray,
+    tokens: torch.Tensor,
+    labels: str | np.ndarray | torch.Tensor = "token",
+    *,
+    sites: Sequence[str],
+    kind: str = "logistic",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    alpha: float = 1.0,
+    max_iter: int = 200,
+) -> LinearProbeResult:
+    """:func:`fit_linear_probes` on activations already collected by :func:`collect_activations`.
+
+    ``acts, idx`` come from ``collect_activations(model, tokens, sites, max_bytes, seed)``; one
+    collection serves several labels. ``sites``: the names or patterns it was given.
+    """
+    y_all, label_name = _targets(tokens, labels, kind, test_fraction)
+    return _score(acts, idx, list(sites), y_all, label_name, kind=kind, test_fraction=test_fraction,
+                  seed=seed, alpha=alpha, max_iter=max_iter)
+
+
 def fit_linear_probes(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -115,48 +187,8 @@ def fit_linear_probes(
         kind: "logistic" or "ridge" (for classes); regression always uses Ridge.
         max_bytes: memory bound on the kept float32 activations (all sites together).
     """
-    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
-    from sklearn.model_selection import train_test_split
-
-    if kind not in KINDS:
-        raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    if not torch.is_tensor(tokens) or tokens.dim() != 2:
-        raise ValueError(f"tokens must be a (batch, pos) tensor, got {getattr(tokens, 'shape', type(tokens))}")
-    if isinstance(labels, str):
-        if labels == "token":
-            y_all, label_name = tokens.numpy(), "token"
-        elif labels == "position":
-            y_all = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.float64), tokens.shape)
-            label_name = "position"
-        else:
-            raise ValueError(f"labels must be 'token', 'position' or a (batch, pos) array, got {labels!r}")
-    else:
-        y_all = labels.numpy() if torch.is_tensor(labels) else np.asarray(labels)
-        label_name = "user"
-        if y_all.shape != tuple(tokens.shape):
-            raise ValueError(f"labels must have the tokens' shape {tuple(tokens.shape)}, got {y_all.shape}")
-    categorical = np.issubdtype(y_all.dtype, np.integer) or y_all.dtype == bool
+    y_all, label_name = _targets(tokens, labels, kind, test_fraction)  # checked before any forward pass
     sites = list(sites) if sites is not None else default_probe_sites(model)
     acts, idx = collect_activations(model, tokens, sites, max_bytes, seed)
-    y = np.asarray(y_all).reshape(-1)[idx]
-    rows = []
-    for site, X in acts.items():
-        strat = None
-        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=strat)
-        if categorical:
-            est = (LogisticRegression(C=1.0 / alpha, max_iter=max_iter) if kind == "logistic"
-                   else RidgeClassifier(alpha=alpha))
-            metric = "accuracy"
-        else:
-            est, metric = Ridge(alpha=alpha), "r2"
-        if categorical and len(np.unique(y_tr)) < 2:
-            score = float(np.mean(y_te == y_tr[0]))
-        else:
-            est.fit(X_tr, y_tr)
-            score = float(est.score(X_te, y_te))
-        rows.append({"site": site, "layer": S.layer_of(site), "depth": sites.index(site) if site in sites else None,
-                     "score": score, "metric": metric, "n_train": len(y_tr), "n_test": len(y_te),
-                     "label": label_name, "kind": kind if categorical else "ridge"})
-    return LinearProbeResult(pd.DataFrame(rows))
+    return _score(acts, idx, sites, y_all, label_name, kind=kind, test_fraction=test_fraction, seed=seed,
+                  alpha=alpha, max_iter=max_iter)

@@ -86,6 +86,19 @@ class PowerSums:
         self.s3 += _colsum64(power.mul_(e)).to(home)
         self.s4 += _colsum64(power.mul_(e)).to(home)
 
+    def add_sums(self, count, s1, s2, s3, s4) -> "PowerSums":
+        """Add counts and power sums taken about this centre, in place; returns self."""
+        self.count.add_(count)
+        for total, part in ((self.s1, s1), (self.s2, s2), (self.s3, s3), (self.s4, s4)):
+            total.add_(part)
+        return self
+
+    def add_(self, other: "PowerSums") -> "PowerSums":
+        """In-place :meth:`add`: ``other``'s sums (about the same centre) added into these; returns self."""
+        if other.centre is not self.centre and not torch.equal(self.centre, other.centre):
+            raise ValueError("power sums about different centres cannot be added; use Moments.merge")
+        return self.add_sums(other.count, other.s1, other.s2, other.s3, other.s4)
+
     def add(self, other: "PowerSums") -> "PowerSums":
         """Sum of two accumulations about the same centre (a new object)."""
         if not torch.equal(self.centre, other.centre):

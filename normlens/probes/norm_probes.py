@@ -89,9 +89,8 @@ class SCurveProbe(Probe):
         slots = self.slots_arg or (S.norm_slots(info.n_layers) if info.n_layers and info.kind != "module"
                                    else info.norm_paths)
         names = []
-        for slot in slots:
-            pair = ((S.norm_in(slot), S.norm_out(slot)) if info.kind != "module"
-                    else (S.module_input(slot), S.module_output(slot)))
+        for slot in slots:  # a norm slot's hook_in/hook_out are its module's input/output sites
+            pair = (S.module_input(slot), S.module_output(slot))
             if all(info.has(n) for n in pair):
                 names += list(pair)
         return names
@@ -101,12 +100,8 @@ class SCurveProbe(Probe):
         self._keep: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # slot -> keys, in, out
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    @staticmethod
-    def _slot(site: str) -> tuple[str, str]:
-        return S.split_module_site(site)
-
     def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
-        slot, which = self._slot(site)
+        slot, which = S.split_module_site(site)
         flat = x.reshape(-1)
         if which == "in":
             keys = torch.rand(flat.numel(), generator=self._gen)  # one key per entry

@@ -103,7 +103,7 @@ def row_chunks(x: torch.Tensor, max_elements: int = CHUNK_ELEMENTS) -> Iterator[
             yield from row_chunks(sub, max_elements)
 
 
-def _kernel_parts(x: torch.Tensor, p0: int) -> Iterator[torch.Tensor]:
+def _kernel_parts(x: torch.Tensor) -> Iterator[torch.Tensor]:
     """Contiguous slices of ``x`` (B, P, D) along B, each under :data:`KERNEL_MAX_ELEMENTS` entries
     when one batch element fits (the kernel's histogram counts are int32); else one element each."""
     per_item = max(x[0].numel(), 1)
@@ -180,7 +180,7 @@ class GroupSums:
             return self.reduce(x[:, p0:], workspace)
         work = x.contiguous()
         self._start_centres(work[:, p0:])
-        for part in _kernel_parts(work, p0):
+        for part in _kernel_parts(work):
             if not self._add_kernel_pass(part, p0):
                 self.reduce(part[:, p0:], workspace)  # NaN/inf (or float32 overflow): masked path
         return self
@@ -191,13 +191,8 @@ class GroupSums:
         if scalars[6]:
             return False
         n_rows, d = row_max.numel(), self.d
-        for total, part in zip((self.channel.s1, self.channel.s2, self.channel.s3, self.channel.s4), sums):
-            total.add_(part)
-        self.channel.count.add_(float(n_rows))
-        rms = self.token_rms
-        rms.count.add_(float(n_rows))
-        for total, part in zip((rms.s1, rms.s2, rms.s3, rms.s4), scalars[1:5]):
-            total.add_(part)
+        self.channel.add_sums(float(n_rows), *sums)
+        self.token_rms.add_sums(float(n_rows), *scalars[1:5])
         self.rms_max = max(self.rms_max, float(scalars[5]))
         width = work.shape[1] - p0
         rows = torch.topk(row_max, min(self.top_k, n_rows)).indices
@@ -235,7 +230,7 @@ class GroupSums:
         if not bool(torch.isfinite(part.s4.sum())):  # NaN/inf, or float32 powers overflowed
             self._reduce_masked(work.double().reshape(-1, d))
             return
-        self.channel = _iadd(self.channel, part)
+        self.channel.add_(part)
         n_rows = dev.numel() // d
         rms = torch.linalg.vector_norm(work, dim=-1).reshape(-1, 1) / math.sqrt(d)  # (n, 1)
         self._add_rms(rms)
@@ -263,7 +258,7 @@ class GroupSums:
         part = PowerSums.start_at(self.channel.centre)
         centre = self.channel.centre.to(x.device)
         part.add_deviations(torch.where(valid, x - centre, zero), valid.sum(0).double())
-        self.channel = _iadd(self.channel, part)
+        self.channel.add_(part)
         good_tokens = valid.all(-1)
         rms = torch.linalg.vector_norm(clean, dim=-1) / math.sqrt(d)
         self._add_rms(rms[good_tokens].reshape(-1, 1))
@@ -313,9 +308,3 @@ class GroupSums:
         if self.channel is None:
             return Moments.empty((self.d,)), Moments.empty(())
         return self.channel.to_moments(), self.token_rms.to_moments().pooled()
-
-
-def _iadd(total: PowerSums, part: PowerSums) -> PowerSums:
-    for name in ("count", "s1", "s2", "s3", "s4"):
-        getattr(total, name).add_(getattr(part, name))
-    return total

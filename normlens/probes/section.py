@@ -59,7 +59,7 @@ def probes_section(results: dict, out, *, notes: list[str] | None = None, second
     blocks = pd.concat([r.effectiveness.block_frame().assign(model=n) for n, r in results.items()], ignore_index=True)
     linear = pd.concat([r.linear.frame.assign(model=n) for n, r in results.items()], ignore_index=True)
     summary = pd.DataFrame([{"model": n, **r.entropy.summary(), "base_loss": r.effectiveness.base_loss,
-                             "flagged_sites": int(r.stats.to_frame().flagged.sum())} for n, r in results.items()])
+                             "flagged_sites": int(stats.flagged[stats.model == n].sum())} for n, r in results.items()])
     for frame, file in ((stats, "activation_stats.parquet"), (heads, "attention_heads.parquet"),
                         (blocks, "blocks.parquet"), (linear, "linear_probes.parquet"), (summary, "summary.parquet")):
         if out is not None:

@@ -29,7 +29,6 @@ in bulk, since a (batch, d) slice per forward is mostly per-call overhead.
 """
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,13 +244,14 @@ def default_stat_sites(info: ModelInfo) -> list[str]:
         names += [S.module_output(path) for path in info.block_paths]
         return info.existing(names)
     names = []
+    slots = S.norm_slots(info.n_layers or 0)  # ln1, ln2 of each block, then ln_final
     for layer in range(info.n_layers or 0):
-        slots = (f"blocks.{layer}.ln1", f"blocks.{layer}.ln2")
-        names += [S.resid_pre(layer), S.norm_in(slots[0]), S.norm_out(slots[0]), S.attn_out(layer),
-                  S.resid_mid(layer), S.norm_in(slots[1]), S.norm_out(slots[1]), S.mlp_post(layer),
+        ln1, ln2 = slots[2 * layer], slots[2 * layer + 1]
+        names += [S.resid_pre(layer), S.norm_in(ln1), S.norm_out(ln1), S.attn_out(layer),
+                  S.resid_mid(layer), S.norm_in(ln2), S.norm_out(ln2), S.mlp_post(layer),
                   S.mlp_out(layer)]
     if info.n_layers:
-        names += [S.resid_post(info.n_layers - 1), S.norm_in("ln_final"), S.norm_out("ln_final")]
+        names += [S.resid_post(info.n_layers - 1), S.norm_in(slots[-1]), S.norm_out(slots[-1])]
     return info.existing(names)
 
 

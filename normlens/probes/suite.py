@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from normlens.probes.attach import attach
 from normlens.probes.attention import AttentionEntropyProbe, AttentionEntropyResult
 from normlens.probes.effectiveness import EffectivenessResult, compute_effectiveness
-from normlens.probes.linear import LinearProbeResult, fit_linear_probes
+from normlens.probes.linear import (LinearProbeResult, collect_activations, default_probe_sites,
+                                   score_linear_probes)
 from normlens.probes.norm_probes import NormScaleProbe, SCurveProbe, SCurveResult, dyt_alphas, residual_growth
 from normlens.probes.results import save_frame
 from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult
@@ -55,7 +56,9 @@ def run_probe_suite(model: nn.Module, tokens: torch.Tensor, *, seed: int = 0, ba
         for start in tqdm(starts, desc="probes", unit="batch", disable=not progress, leave=False):
             model(tokens[start:start + batch_size])
     eff = compute_effectiveness(model, tokens[:4], batch_size)
-    lin = pd.concat([fit_linear_probes(model, tokens, label, kind="ridge", max_bytes=probe_bytes, seed=seed).frame
+    sites = default_probe_sites(model)
+    acts, idx = collect_activations(model, tokens, sites, probe_bytes, seed)  # once for both labels
+    lin = pd.concat([score_linear_probes(acts, idx, tokens, label, sites=sites, kind="ridge", seed=seed).frame
                      for label in ("token", "position")], ignore_index=True)
     st = stats.result()
     return ProbeSuiteResult(st, scale.result(), curve.result(), entropy.result(), eff, LinearProbeResult(lin),

@@ -107,6 +107,14 @@ def dense_ggn(model, outputs_of_call, loss_of_outputs, params=None) -> torch.Ten
     return J.T @ Hz @ J
 
 
+def symmetric(eigenvalues, seed: int = 0) -> torch.Tensor:
+    """Q diag(eigenvalues) Q^T for a seeded random orthogonal Q, float64."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return Q @ torch.diag(torch.as_tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
 def zoo_loss_of_call(tokens):
     return lambda call: lm_loss_from_logits(call(tokens), tokens)
 

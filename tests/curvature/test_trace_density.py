@@ -7,22 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from curvature_helpers import make_mlp, mlp_batch, mlp_loss, mlp_loss_of_call, dense_hessian
-from normlens.curvature import HessianOperator, estimate_density, estimate_trace
+from curvature_helpers import dense_hessian, make_mlp, mlp_batch, mlp_loss, mlp_loss_of_call, symmetric
+from normlens.curvature import DensityResult, HessianOperator, estimate_density, estimate_trace
 from normlens.curvature.density import gaussian_density
-
-
-def _symmetric(eigenvalues, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = len(eigenvalues)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return Q @ torch.diag(torch.as_tensor(eigenvalues, dtype=torch.float64)) @ Q.T
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
 def test_trace_within_three_standard_errors_dense(method):
     spectrum = np.concatenate([[50.0, 20.0, 8.0], np.random.default_rng(0).normal(0, 1, 97)])
-    A = _symmetric(spectrum)
+    A = symmetric(spectrum)
     r = estimate_trace(A, 60, method=method, seed=3)
     assert r.std_error > 0
     assert abs(r.estimate - spectrum.sum()) <= 3 * r.std_error
@@ -31,7 +24,7 @@ def test_trace_within_three_standard_errors_dense(method):
 
 def test_hutchpp_beats_hutchinson_on_a_dominated_spectrum():
     spectrum = np.concatenate([[100.0, 60.0, 30.0, 10.0], np.full(196, 0.1)])
-    A = _symmetric(spectrum, seed=1)
+    A = symmetric(spectrum, seed=1)
     plain = estimate_trace(A, 60, method="hutchinson", seed=0)
     plus = estimate_trace(A, 60, method="hutch++", seed=0)
     assert plus.std_error < plain.std_error / 5
@@ -39,7 +32,7 @@ def test_hutchpp_beats_hutchinson_on_a_dominated_spectrum():
 
 
 def test_hutchpp_exact_when_sketch_spans_space():
-    A = _symmetric([3.0, -1.0, 2.0, 0.5])
+    A = symmetric([3.0, -1.0, 2.0, 0.5])
     r = estimate_trace(A, 12)
     assert r.estimate == pytest.approx(4.5, abs=1e-12) and r.std_error == 0.0
 
@@ -61,17 +54,26 @@ def test_trace_bad_arguments():
 
 def test_density_full_lanczos_recovers_the_spectrum():
     spectrum = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 4.0])
-    A = _symmetric(spectrum)
+    A = symmetric(spectrum)
     d = estimate_density(A, num_probes=3, num_steps=6, sigma=0.05, seed=0)
     np.testing.assert_allclose(np.sort(d.nodes, axis=1), np.tile(spectrum, (3, 1)), atol=1e-10)
     np.testing.assert_allclose(d.weights.sum(1), 1.0, atol=1e-12)
     assert d.integral == pytest.approx(1.0, abs=1e-6)
     assert d.lambda_min == pytest.approx(-2.0) and d.lambda_max == pytest.approx(4.0)
     assert d.re == pytest.approx(0.5)
-    # Kh from its definition with the quadrature weights
-    w, t = d.node_weights.ravel(), d.nodes.ravel()
-    kh = np.sum(w[t < -1e-9] * np.sqrt(-t[t < -1e-9])) / np.sum(w[t > 1e-9] * np.sqrt(t[t > 1e-9]))
-    assert d.kh == pytest.approx(kh, rel=1e-6)
+
+
+def test_kh_of_a_hand_built_quadrature():
+    # Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 = (0.5 * 2) / (0.5 * 1) = 2
+    one = DensityResult(grid=np.zeros(1), density=np.zeros(1), nodes=np.array([[-4.0, 1.0]]),
+                        weights=np.array([[0.5, 0.5]]), sigma=1.0, n=2, num_probes=1, num_steps=2, seed=0)
+    assert one.kh == pytest.approx(2.0)
+    # two probes pooled: node weights w / 2 = .25 .25 .125 .375 at nodes -4 1 -1 4;
+    # (0.25 * 2 + 0.125 * 1) / (0.25 * 1 + 0.375 * 2) = 0.625 / 1.0
+    two = DensityResult(grid=np.zeros(1), density=np.zeros(1), nodes=np.array([[-4.0, 1.0], [-1.0, 4.0]]),
+                        weights=np.array([[0.5, 0.5], [0.25, 0.75]]), sigma=1.0, n=2, num_probes=2,
+                        num_steps=2, seed=0)
+    assert two.kh == pytest.approx(0.625)
 
 
 def test_density_of_model_hessian_integrates_to_one_with_mean_trace_over_n():

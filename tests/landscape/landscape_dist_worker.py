@@ -27,11 +27,12 @@ from landscape_helpers import TinyClassifier, tiny_tokens
 KWARGS = dict(span=1.0, resolution=7, points_per_batch=5, items_per_batch=2, accuracy=True)
 
 
-def run_single(grid_file=None):
+def run_single(grid_file=None, on_chunk=None):
     from normlens.landscape import compute_landscape, random_directions
 
     model = TinyClassifier()
-    return compute_landscape(model, random_directions(model, 2, seed=0), tiny_tokens(), grid_file=grid_file, **KWARGS)
+    return compute_landscape(model, random_directions(model, 2, seed=0), tiny_tokens(), grid_file=grid_file,
+                             on_chunk=on_chunk, **KWARGS)
 
 
 def worker(rank: int, world: int, init_file: str, out_dir: str, grid_file: str | None) -> None:

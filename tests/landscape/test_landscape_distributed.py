@@ -23,8 +23,10 @@ def test_two_gloo_processes_equal_one(tmp_path):
         np.testing.assert_array_equal(result.accuracy, single.accuracy)
     # rank 0 wrote the whole grid and removed the per-rank shards
     assert grid_file.exists() and not dd.shard_paths(grid_file)
-    resumed = run_single(grid_file)  # the complete file is read back, nothing recomputed
+    recomputed = []
+    resumed = run_single(grid_file, on_chunk=lambda c, n: recomputed.append(c))  # the complete file is read back
     np.testing.assert_array_equal(resumed.loss, single.loss)
+    assert recomputed == []  # nothing recomputed
 
 
 def test_shards_of_a_killed_distributed_run_are_merged(tmp_path):

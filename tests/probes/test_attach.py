@@ -37,11 +37,17 @@ def test_unknown_name_lists_closest(model64):
 
 def test_glob_patterns_and_aliases(model64, tokens):
     probe = ActivationStatsProbe(sites=["blocks.*.hook_resid_pre", "blocks.0.hook_in"])
+    before = count_hooks(model64)  # the model's own hooks
     with attach(model64, probe):
+        added = count_hooks(model64) - before
         model64(tokens)
     assert probe.sites == [S.resid_pre(0), S.resid_pre(1), "blocks.0.hook_in"]
     frame = probe.result().to_frame()
     assert frame[frame.site == "blocks.0.hook_in"].n_tokens.sum() == tokens.numel()
+    with attach(model64, ActivationStatsProbe(sites=[S.resid_pre(1)])):
+        added_one = count_hooks(model64) - before
+    # blocks.0.hook_in is hook_resid_pre's HookPoint: the aliased pair adds exactly one hook
+    assert added == added_one + 1
 
 
 def test_plain_module():
