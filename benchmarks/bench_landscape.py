@@ -4,15 +4,18 @@
 
 1. A 21 × 21 filter-normalized random plane (span [−1, 1], 1-D parameters
    zeroed) of a zoo model (LayerNorm, 2 layers, d_model 64, ~137k parameters)
-   over 8 × 64 held-out tokens: normlens (vmap-batched) vs loss-landscapes
-   3.0.6 ``random_plane(..., steps=21, normalization="filter")`` on the same
-   model and data, both with the same torch thread count (default: torch's
-   default, all cores; ``--threads 1`` for one). Median of alternating runs.
-   Target ≥ 4×. Also printed: each tool's centre value against the model's
-   own loss. Repeated (1b) with one 64-token sequence, where per-point
-   overhead rather than the model's arithmetic dominates. With 8 sequences
-   both tools are bound by the model's arithmetic (one forward per grid point
-   is the floor for any exact method), so the ratio there stays near 1-2×.
+   over 8 × 64 held-out tokens: normlens (its batched zoo forward) vs
+   loss-landscapes 3.0.6 ``random_plane(..., steps=21, normalization="filter")``
+   on the same model and data, both with the same torch thread count (default:
+   torch's default, all cores; ``--threads 1`` for one). Median of alternating
+   runs. Target ≥ 4×. Also printed: each tool's centre value against the
+   model's own loss, and normlens with the generic ``vmap`` path
+   (``zoo_fast_path=False``) for models outside the zoo. Repeated (1b) with one
+   64-token sequence, where per-point overhead rather than the model's
+   arithmetic dominates. With 8 sequences both tools are bound by the model's
+   arithmetic (one forward per grid point is the floor for any exact method):
+   the matmuls alone of one point take about 0.8 ms on a 2-core VM (at ~145
+   GFLOP/s), the whole batched forward about 1.7 ms, loss-landscapes about 5.3 ms.
 2. The same kind of plane on a larger grid (≥ 20 s on one rank) launched with
    ``torchrun --nproc_per_node 2`` vs ``--nproc_per_node 1`` (gloo, CPU), every
    rank with the same number of threads. Timed inside the workers from a
@@ -67,11 +70,11 @@ def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def normlens_plane(model, tokens, steps: int):
+def normlens_plane(model, tokens, steps: int, zoo_fast_path: bool = True):
     from normlens.landscape import compute_landscape, random_directions
 
     directions = random_directions(model, 2, normalization="filter", one_d="zero", seed=0)
-    return compute_landscape(model, directions, tokens, span=1.0, resolution=steps)
+    return compute_landscape(model, directions, tokens, span=1.0, resolution=steps, zoo_fast_path=zoo_fast_path)
 
 
 def loss_landscapes_plane(model, tokens, steps: int):
@@ -95,18 +98,25 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
         own_loss = float(lm_loss(model(tokens), tokens))
     normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
     loss_landscapes_plane(baseline_model, tokens, 3)
-    ours, theirs, last = [], [], {}
-    for _ in range(repeats):  # alternate so both see the same background load
+    normlens_plane(model, tokens, 5, zoo_fast_path=False)
+    ours, generic, theirs, last = [], [], [], {}
+    for _ in range(repeats):  # alternate so all see the same background load
         ours.append(seconds(lambda: last.update(ours=normlens_plane(model, tokens, 21))))
+        generic.append(seconds(lambda: last.update(generic=normlens_plane(model, tokens, 21, False))))
         theirs.append(seconds(lambda: last.update(theirs=loss_landscapes_plane(baseline_model, tokens, 21))))
     ours_result, theirs_surface = last["ours"], last["theirs"]  # the last timed runs' values
-    t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
+    t_ours, t_theirs, t_generic = statistics.median(ours), statistics.median(theirs), statistics.median(generic)
+    path = ours_result.info["forward_path"]
+    max_diff = float(np.nanmax(np.abs(ours_result.loss - last["generic"].loss)))
     print(f"{label} 21×21 filter-normalized plane, zoo LN model (2 layers, d_model 64, "
           f"{sum(p.numel() for p in model.parameters())} params), {n_seq}×64 tokens, "
           f"{torch.get_num_threads()} thread(s)")
-    print(f"   normlens        median {t_ours:7.3f} s   runs {[round(t, 3) for t in ours]}")
+    print(f"   normlens        median {t_ours:7.3f} s   runs {[round(t, 3) for t in ours]}  ({path})")
+    print(f"   normlens vmap   median {t_generic:7.3f} s   runs {[round(t, 3) for t in generic]}  "
+          f"(generic path; max |diff| to the batched path {max_diff:.1e})")
     print(f"   loss-landscapes median {t_theirs:7.3f} s   runs {[round(t, 3) for t in theirs]}")
-    print(f"   speed-up normlens vs loss-landscapes: {t_theirs / t_ours:.2f}x (target >= 4x)")
+    print(f"   speed-up normlens vs loss-landscapes: {t_theirs / t_ours:.2f}x (target >= 4x); "
+          f"generic vmap path {t_theirs / t_generic:.2f}x")
     print(f"   model's own loss {own_loss:.6f}; normlens f(0,0) {ours_result.center_loss:.6f} "
           f"(|diff| {abs(ours_result.center_loss - own_loss):.1e}); loss-landscapes centre cell "
           f"{theirs_surface[10, 10]:.6f} (|diff| {abs(theirs_surface[10, 10] - own_loss):.1e})")
@@ -165,12 +175,12 @@ def bench_ranks(resolution: int, n_seq: int, threads: int, repeats: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller distributed grid")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for part 1, both tools (default: torch's default, all cores)")
     parser.add_argument("--rank-threads", type=int, default=1, help="torch threads per rank in part 2")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--resolution", type=int, default=49, help="grid resolution of part 2 (>= 20 s on one rank)")
+    parser.add_argument("--resolution", type=int, default=61, help="grid resolution of part 2 (>= 20 s on one rank)")
     parser.add_argument("--n-seq", type=int, default=16, help="evaluation sequences of part 2")
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--skip-plane", action="store_true", help="run part 2 only")

@@ -77,6 +77,8 @@ def fused_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if module.weight.dtype not in SUPPORTED_DTYPES or _transform_or_trace_active():
         return None
+    if tuple(module.weight.shape) != (module.d_model,) or (kind == "dyt" and module.alpha.dim() != 0):
+        return None  # per-point parameters (the landscape's batched zoo forward): torch code
     if kind == "dyt":
         if has_hooks(module.hook_pre_tanh) or has_hooks(module.hook_normalized):
             return None

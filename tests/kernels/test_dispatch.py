@@ -103,6 +103,21 @@ def test_paths_that_stay_in_torch(fused_on):
     assert not fused_enabled() and dispatch.fused_forward(ln, x) is None
 
 
+def test_per_point_parameters_take_the_torch_path(fused_on):
+    """The landscape's batched zoo forward swaps in (P, 1, 1, d) gains and a (P, 1, 1, 1) alpha."""
+    from normlens.landscape.params import swapped_parameters
+
+    x = torch.randn(3, 2, 4, 48)
+    for kind in ("ln", "dyt"):
+        mod = _module(kind)
+        assert dispatch.fused_forward(mod, x) is not None
+        swaps = {"weight": mod.weight.detach().expand(3, 1, 1, 48)}
+        if kind == "dyt":
+            swaps = {"alpha": mod.alpha.detach().expand(3, 1, 1, 1)}
+        with swapped_parameters({n: [(mod, n)] for n in swaps}, swaps):
+            assert dispatch.fused_forward(mod, x) is None
+
+
 def test_cpu_module_forward_is_unchanged_with_fused_on(fused_on):
     """CPU inputs never take the fused path: bitwise the same as with it off."""
     mod = _module("ln")
