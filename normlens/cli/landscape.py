@@ -104,7 +104,9 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
     metrics = None
     if min(len(c) for c in result.coords) >= 3:
         reach = min(max(abs(lo), abs(hi)) for lo, hi in result.ranges)
-        metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1)
+        finite_model = all(bool(p.detach().isfinite().all()) for p in model.parameters())
+        hessian_inputs = dict(model=model, directions=directions, eval_items=tokens) if finite_model else {}
+        metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1, **hessian_inputs)
         metrics.save(out / "metrics.json")
     plots = ((("landscape_1d", plot_landscape_1d),) if result.ndim == 1 else
              (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)))
@@ -114,13 +116,13 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
         ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         figures.append(Figure.from_matplotlib(ax.figure, f"{name.replace('_', ' ')}: {model_name or 'model'}"))
     plt.close("all")
-    write_report(out / "report.html", [_section(result, figures, model_name)],
+    write_report(out / "report.html", [_section(result, figures, model_name, metrics)],
                  title=f"normlens landscape: {model_name or 'model'}")
     return out
 
 
-def _section(result, figures, model_name: str) -> ReportSection:
-    """One landscape as a report section: the plots, surface numbers and how the surface was made."""
+def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
+    """One landscape as a report section: plots, surface numbers, sharpness and curvature."""
     import numpy as np
 
     finite = np.isfinite(result.loss)
@@ -128,13 +130,24 @@ def _section(result, figures, model_name: str) -> ReportSection:
     rows = {"centre loss f(0)": result.center_loss, "min loss": float(np.nanmin(np.where(finite, result.loss, np.nan)))
             if finite.any() else float("nan"), "non-finite cells": n_bad,
             "cells": int(result.loss.size)}
-    table = pd.DataFrame({"quantity": list(rows), "value": list(rows.values())})
+    tables = [Table("Surface", pd.DataFrame({"quantity": list(rows), "value": list(rows.values())}))]
+    notes = [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else []
+    if metrics is not None:
+        tables.append(Table("Sharpness: largest loss increase within radius r of the model", pd.DataFrame(
+            [{"radius r": m.radius, "increase": m.increase, "relative to 1 + f(0)": m.relative,
+              "at": ", ".join(f"{v:g}" for v in m.at), "cells inside": m.n_cells} for m in metrics.sharpness])))
+        tables.append(Table("Curvature along each axis (Rayleigh quotients, per unit ‖d‖²)", pd.DataFrame(
+            [{"axis": f"d{c.axis + 1}", "fit f''(0)": c.fit_second_derivative, "fit f''(0)/‖d‖²": c.fit_rayleigh,
+              "Hessian dᵀHd/dᵀd": c.hessian_rayleigh, "relative difference": c.relative_error,
+              "fit points": c.n_fit_points} for c in metrics.curvature])))
+        notes.append("Curvature: a quadratic fit through the 3 cells at the centre of each axis, against the "
+                     "Hessian's dᵀHd/dᵀd from one Hessian-vector product; on a coarse grid the fit is a secant "
+                     "estimate, so the two agree only as the cell spacing shrinks.")
     return ReportSection(
         f"Loss landscape: {model_name or 'model'}",
         f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "
         f"evaluation set {result.eval_name or 'given tokens'}.",
-        figures, [Table("Surface and metrics", table)],
-        [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else [],
+        figures, tables, notes,
     )
 
 

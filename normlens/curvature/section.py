@@ -70,12 +70,13 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
     eigen: dict[str, EigenResult] = {}
     densities: dict[str, DensityResult] = {}
     block_results: list[BlockSpectrumResult] = []
-    rows, notes = [], []
+    rows, notes, skipped = [], [], []
     for name, model in study.models.items():
         safe = "".join(c if c.isalnum() else "_" for c in name)
         if name in study.diverged:
             notes.append(f"{name}: training diverged; no Hessian (shown as NaN).")
             rows.append({"model": name, "status": "diverged"})
+            skipped.append(name)
             continue
         try:
             with preserved_state(model):
@@ -89,6 +90,7 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
         except FloatingPointError as err:
             notes.append(f"{name}: {err}")
             rows.append({"model": name, "status": "non-finite loss"})
+            skipped.append(name)
             continue
         eigen[name], densities[name] = e, d
         block_results.append(b)
@@ -112,7 +114,7 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
             plot_densities, densities,
             "Hessian spectral densities (1 SLQ probe, log-scale density); re=|λmin/λmax|, "
             "Kh = negative-to-positive square-root mass ratio (LLA criteria).", (6, 3.5)))
-        for name in (n for n in study.models if n in study.diverged):  # model order, not set order
+        for name in skipped:  # diverged or non-finite loss: an empty (NaN) row, in model order
             block_results.append(BlockSpectrumResult(name, block_results[0].blocks,
                                                      np.zeros(len(block_results[0].blocks), dtype=np.int64),
                                                      np.full(len(block_results[0].blocks), math.nan),

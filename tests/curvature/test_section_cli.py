@@ -36,6 +36,24 @@ def test_build_section_with_a_diverged_model(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, models["ln"].parameters()))
 
 
+def test_a_model_with_a_non_finite_loss_keeps_its_row(tmp_path, monkeypatch):
+    """Not flagged as diverged, but its loss is NaN: a status row and an empty block-heatmap row."""
+    import normlens.plots.curvature as plots
+
+    models = {k: normlens.build_model(norm=k, **TINY).eval() for k in ("ln", "none")}
+    with torch.no_grad():
+        next(models["none"].parameters()).fill_(float("nan"))
+    drawn = {}
+    original = plots.plot_block_heatmap
+    monkeypatch.setattr(plots, "plot_block_heatmap",
+                        lambda results, ax=None: drawn.setdefault("names", [r.model for r in results])
+                        and original(results, ax=ax))
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    section = build_section(ZooStudy(models, tokens, tmp_path, 0, set()))
+    assert list(section.tables[0].frame["status"]) == ["ok", "non-finite loss"]
+    assert drawn["names"] == ["ln", "none"]
+
+
 def test_run_hessian_writes_data_and_plots(tmp_path):
     model = normlens.build_model(norm="rms", **TINY)
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))

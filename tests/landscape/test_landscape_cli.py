@@ -4,7 +4,7 @@ from typer.testing import CliRunner
 
 from landscape_helpers import tiny_zoo, zoo_tokens
 from normlens.cli.landscape import register, run_landscape
-from normlens.landscape import Directions, LandscapeResult
+from normlens.landscape import Directions, LandscapeMetrics, LandscapeResult
 
 
 @pytest.fixture
@@ -32,6 +32,9 @@ def test_run_landscape_writes_surface_metrics_directions_and_plots(tmp_path):
         assert (out / name).exists()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "centre loss" in html
+    metrics = LandscapeMetrics.load(out / "metrics.json")
+    assert all(c.hessian_rayleigh is not None for c in metrics.curvature)  # compared with the Hessian
+    assert "Sharpness" in html and "Hessian dᵀHd/dᵀd" in html
 
 
 def test_interpolation_axis_defaults_to_a_range_past_both_ends(tmp_path):
