@@ -20,7 +20,7 @@ from normlens.landscape.results import LandscapeResult  # noqa: E402
 from normlens.plots.landscape import plot_landscape_1d, plot_landscapes  # noqa: E402
 from normlens.report.section import Figure, ReportSection, Table  # noqa: E402
 
-RESOLUTION = 15  # 225 points per model: ~1.5 s each on 2 CPU cores (8 x 64 tokens)
+RESOLUTION = 21  # 441 points per model: ~1 s each on 2 CPU cores (8 x 64 tokens, batched zoo forward)
 SPAN = 1.0
 N_SEQ = 8
 
