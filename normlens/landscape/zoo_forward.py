@@ -24,15 +24,14 @@ when they agree.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from normlens.landscape.objective import Objective
 from normlens.landscape.params import Params, swapped_parameters
-
-Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 def _inner(module: nn.Module) -> nn.Module:
