@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normlens.curvature.operators import as_operator
+from normlens.curvature.operators import CurvatureOperator, as_operator
 from normlens.curvature.results import EigenResult
 
 WHICH = ("largest", "smallest", "both")
@@ -62,6 +62,21 @@ def apply(op: Any, vector: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(out).all():
         raise FloatingPointError("the operator returned NaN/inf; check the model and data for NaN")
     return out.to(torch.float64)
+
+
+def apply_columns(op: Any, columns: torch.Tensor, block_elements: int = 1 << 27) -> torch.Tensor:
+    """A @ each column, (n, m) -> (n, m), float64.
+
+    Our operators and dense matrices take blocks of columns (up to
+    ``block_elements`` entries each) in one call: a curvature operator then runs
+    each batch's forward once per block, not once per column. Any other
+    operator is applied column by column, since it may accept only vectors.
+    """
+    n, m = columns.shape
+    if isinstance(op, (torch.Tensor, CurvatureOperator)):
+        width = max(1, min(m, block_elements // max(n, 1)))
+        return torch.cat([apply(op, columns[:, j:j + width]) for j in range(0, m, width)], 1)
+    return torch.stack([apply(op, columns[:, j]) for j in range(m)], 1)
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -229,9 +244,7 @@ def compute_eigenpairs(
     values = theta[idx]
     matvecs = run.num_matvecs
     if exact_residuals:
-        residuals = torch.stack(
-            [(apply(op, vectors[:, i]) - values[i] * vectors[:, i]).norm() for i in range(len(idx))]
-        )
+        residuals = (apply_columns(op, vectors) - vectors * values).norm(dim=0)
         matvecs += len(idx)
     else:
         residuals = estimates  # the Lanczos estimates of the final run, from the loop above

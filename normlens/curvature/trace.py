@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normlens.curvature.lanczos import _op_device, apply
+from normlens.curvature.lanczos import _op_device, apply_columns
 from normlens.curvature.operators import as_operator
 from normlens.curvature.results import TraceResult
 
@@ -27,11 +27,6 @@ TRACE_METHODS = ("hutchinson", "hutch++")
 def _rademacher(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """(n, count) of +-1, float64."""
     return torch.randint(0, 2, (n, count), generator=generator, dtype=torch.float64) * 2 - 1
-
-
-def _apply_columns(op: Any, columns: torch.Tensor) -> torch.Tensor:
-    """A @ each column, (n, m) -> (n, m), float64."""
-    return torch.stack([apply(op, columns[:, j]) for j in range(columns.shape[1])], 1)
 
 
 def estimate_trace(
@@ -63,7 +58,7 @@ def estimate_trace(
         if num_matvecs < 2:
             raise ValueError(f"Hutchinson needs num_matvecs >= 2 for a standard error, got {num_matvecs}")
         probes = _rademacher(n, num_matvecs, generator).to(device)
-        samples = (probes * _apply_columns(op, probes)).sum(0).cpu().numpy()  # v_i^T A v_i
+        samples = (probes * apply_columns(op, probes)).sum(0).cpu().numpy()  # v_i^T A v_i
         return TraceResult(
             estimate=float(samples.mean()),
             std_error=float(samples.std(ddof=1) / math.sqrt(len(samples))),
@@ -75,8 +70,8 @@ def estimate_trace(
         raise ValueError(f"Hutch++ needs num_matvecs >= 3, got {num_matvecs}")
     sketch = min(third, n)
     S = _rademacher(n, sketch, generator).to(device)  # (n, sketch)
-    Q, _ = torch.linalg.qr(_apply_columns(op, S))  # (n, sketch) orthonormal basis of range(A S)
-    exact = float(torch.trace(Q.T @ _apply_columns(op, Q)))  # tr(Q^T A Q)
+    Q, _ = torch.linalg.qr(apply_columns(op, S))  # (n, sketch) orthonormal basis of range(A S)
+    exact = float(torch.trace(Q.T @ apply_columns(op, Q)))  # tr(Q^T A Q)
     used = 2 * sketch
     remaining = num_matvecs - used
     if sketch >= n or remaining < 2:
@@ -87,7 +82,7 @@ def estimate_trace(
         )
     G = _rademacher(n, remaining, generator).to(device)
     G = G - Q @ (Q.T @ G)  # (I - QQ^T) G, (n, remaining)
-    samples = (G * _apply_columns(op, G)).sum(0).cpu().numpy()
+    samples = (G * apply_columns(op, G)).sum(0).cpu().numpy()
     return TraceResult(
         estimate=exact + float(samples.mean()),
         std_error=float(samples.std(ddof=1) / math.sqrt(len(samples))),

@@ -45,6 +45,45 @@ def test_trace_of_model_hessian_within_three_standard_errors(zoo_dense):
         assert abs(r.estimate - float(torch.trace(H))) <= 3 * r.std_error, (method, r.estimate, r.std_error)
 
 
+class VectorOnly:
+    """A user operator that multiplies one vector at a time and nothing else."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.shape, self.dtype, self.calls = matrix, matrix.shape, matrix.dtype, 0
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        assert v.dim() == 1, "vectors only"
+        self.calls += 1
+        return self.matrix @ v
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_vector_only_operators_are_applied_column_by_column(method):
+    A = torch.as_tensor(symmetric([5.0, 2.0, 1.0, 0.5, 0.1, -0.3]))
+    user = VectorOnly(A)
+    r = estimate_trace(user, 9, method=method, seed=1)
+    assert user.calls == 9
+    assert r.estimate == pytest.approx(estimate_trace(A, 9, method=method, seed=1).estimate, rel=1e-12)
+
+
+def test_several_batches_run_each_forward_once_per_block():
+    """A multi-batch operator keeps no graph: one forward per batch for a whole block of probes."""
+    model = make_mlp()
+    batches = [mlp_batch(16, seed=s) for s in (1, 2)]
+    op = HessianOperator(model, batches, loss_fn=mlp_loss, method="double_backward")
+    forwards = []
+    handle = model.register_forward_hook(lambda module, args, out: forwards.append(1))
+    try:
+        r = estimate_trace(op, 6, method="hutchinson", seed=0)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2 and r.num_matvecs == 6  # 12 when applied column by column
+    H = dense_hessian(model, lambda call: sum(mlp_loss_of_call(b)(call) for b in batches) / 2)
+    probes = torch.randint(0, 2, (H.shape[0], 6), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64) * 2 - 1
+    assert r.estimate == pytest.approx(float((probes * (H @ probes)).sum(0).mean()), rel=1e-10)
+
+
 def test_trace_bad_arguments():
     with pytest.raises(ValueError, match="method"):
         estimate_trace(torch.eye(3), 6, method="exact")
