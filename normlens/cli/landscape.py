@@ -146,7 +146,8 @@ def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
     return ReportSection(
         f"Loss landscape: {model_name or 'model'}",
         f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "
-        f"evaluation set {result.eval_name or 'given tokens'}.",
+        f"evaluation set {result.eval_name or 'given tokens'}; points evaluated by the "
+        f"{result.info.get('forward_path', 'vmap')} forward.",
         figures, tables, notes,
     )
 

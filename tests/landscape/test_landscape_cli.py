@@ -34,7 +34,7 @@ def test_run_landscape_writes_surface_metrics_directions_and_plots(tmp_path):
     assert html.count("data:image/png;base64,") == 2 and "centre loss" in html
     metrics = LandscapeMetrics.load(out / "metrics.json")
     assert all(c.hessian_rayleigh is not None for c in metrics.curvature)  # compared with the Hessian
-    assert "Sharpness" in html and "Hessian dᵀHd/dᵀd" in html
+    assert "Sharpness" in html and "Hessian dᵀHd/dᵀd" in html and "batched-zoo forward" in html
 
 
 def test_interpolation_axis_defaults_to_a_range_past_both_ends(tmp_path):
