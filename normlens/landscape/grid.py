@@ -155,7 +155,8 @@ class PointEvaluator:
             got, hits = fast(moving, batch)
         except Exception:  # any failure: keep the generic path
             return False
-        return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-6, equal_nan=True)
+        return bool(torch.isfinite(expected[0])  # a diverged model keeps the generic path
+                    and torch.allclose(got, expected, rtol=1e-4, atol=1e-6, equal_nan=True)
                     and torch.allclose(hits, expected_hits, atol=1.0))
 
     def perturbed(self, points: torch.Tensor) -> Params:
@@ -289,9 +290,9 @@ def compute_landscape(
             computed); one made for anything else is refused (GridMismatchError).
         on_chunk: called as ``on_chunk(chunk, n_chunks)`` after each chunk this process computes.
         zoo_fast_path: for normlens zoo models, evaluate points with
-            :mod:`normlens.landscape.zoo_forward` (one batched matmul per layer; about 2× faster
-            on CPU) when it agrees with the generic ``vmap`` path on a probe point; False forces
-            the generic path. ``result.info["forward_path"]`` says which ran.
+            :mod:`normlens.landscape.zoo_forward` (one batched matmul per layer; 1.3–1.7× faster
+            than the generic path on CPU) when it agrees with the generic ``vmap`` path at the
+            origin and one probe point; False forces the generic path. ``result.info["forward_path"]`` says which ran.
 
     Under ``torch.distributed`` (torchrun) the chunks are split across ranks and every
     rank returns the full result.

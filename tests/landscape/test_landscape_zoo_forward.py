@@ -106,3 +106,12 @@ def test_other_models_take_the_generic_path():
     model = TinyClassifier()
     result = compute_landscape(model, random_directions(model, 1, seed=0), tiny_tokens(), resolution=3)
     assert result.info["forward_path"] == "vmap"
+
+
+def test_a_diverged_zoo_model_is_recorded_not_crashed_on():
+    model = zoo64(norm="none")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    result = compute_landscape(model, random_directions(model, 1, seed=0), zoo_tokens(), resolution=3)
+    assert result.info["forward_path"] == "vmap"  # the probe could not compare finite values
+    assert result.n_nonfinite == 3
