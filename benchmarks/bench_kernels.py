@@ -293,7 +293,6 @@ def compile_only(arch: int) -> int:
     from normlens.kernels._launch import (
         MAX_ONE_PASS_N,
         MAX_ONE_PASS_N_BWD,
-        next_power_of_2,
         num_warps_bwd,
         num_warps_for,
         row_tiling,
@@ -339,8 +338,7 @@ def compile_only(arch: int) -> int:
                     report(f"{name} bwd row terms {dt} N={n}",
                            lambda: _compile(layer_norm._norm_bwd_row_terms_kernel, types, rows,
                                             {"IS_RMS": rms, "BLOCK_N": bwd_t.block_n}, arch, bwd_t.num_warps))
-            bn = min(next_power_of_2(n), 4096)
-            bm = max(1, 4096 // bn)
+            bm, bn = dyt._blocks(m, n, None, None)  # the launcher's own tiles
             types = {"X": f"*{dt}", "Y": f"*{dt}", "Alpha": "*fp32", "W": f"*{dt}", "B": f"*{dt}", "M": "i32",
                      "N": "i32", "stride_xm": "i32", "stride_xn": "i32"}
             report(f"dyt fwd {dt} N={n} ({bm}x{bn})",

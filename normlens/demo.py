@@ -8,7 +8,6 @@ again with the same settings, so an interrupted demo loses nothing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import shutil
 import time
@@ -22,7 +21,7 @@ import pandas as pd
 import torch
 
 from normlens.data.corpus import TokenSplits, eval_windows, load_embedded
-from normlens.io import read_json, write_json
+from normlens.io import as_json_value, read_json, write_json
 from normlens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from normlens.models.config import ZooConfig
 from normlens.models.ln_removal import LNRemovalConfig, LNRemovalResult, remove_layernorm
@@ -65,11 +64,6 @@ def analysis_sections() -> dict[str, SectionBuilder]:
     return {"probes": probes_section, "hessian": hessian_section, "landscape": landscape_section}
 
 
-def _as_json(value):
-    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(value))
-
-
 def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, splits: TokenSplits,
                     folder: Path) -> tuple[torch.nn.Module, TrainResult]:
     result_path = folder / "train_result.json"
@@ -78,7 +72,7 @@ def _train_or_reuse(name: str, model_config: ZooConfig, config: DemoConfig, spli
             saved = TrainResult.from_dict(read_json(result_path))
             model = load_checkpoint(folder / "model")
             if (model.normlens_config == model_config
-                    and saved.train_config == _as_json(dataclasses.asdict(config.train))):
+                    and saved.train_config == as_json_value(dataclasses.asdict(config.train))):
                 return model, saved
         except (CheckpointError, ValueError, TypeError):
             pass  # stale or damaged: train again
@@ -99,7 +93,7 @@ def _removal_or_reuse(ln_model, config: DemoConfig, splits: TokenSplits, folder:
     if not config.fresh and result_path.is_file():
         try:
             data = read_json(result_path)
-            if data.get("config") == _as_json(key):
+            if data.get("config") == as_json_value(key):
                 result = LNRemovalResult(**{k: v for k, v in data.items() if k != "config"})
                 return load_checkpoint(folder / "model"), result
         except (CheckpointError, ValueError, TypeError):

@@ -50,6 +50,11 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+def as_json_value(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons with saved data."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 

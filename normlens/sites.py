@@ -1,9 +1,11 @@
-"""The one place that builds activation (hook) names.
+"""The one place that builds activation (hook) names, and tells what a site is.
 
 Names are TransformerLens's canonical ones, so they work on zoo models and on
 any TransformerLens bridge. Nothing else in normlens spells a hook name.
 """
 from __future__ import annotations
+
+import torch.nn as nn
 
 
 def norm_slots(n_layers: int) -> list[str]:
@@ -121,3 +123,33 @@ def layer_of(site: str) -> int | None:
 def residual_sites(n_layers: int) -> list[str]:
     """Residual-stream points in depth order: resid_pre of each block, then the last resid_post."""
     return [resid_pre(layer) for layer in range(n_layers)] + [resid_post(n_layers - 1)]
+
+
+def site_kind(site: str) -> str:
+    """What a site name holds: norm_scale, attn_out, mlp_out, mlp_post, norm_in, norm_out, resid or other."""
+    for kind, suffix in (("norm_scale", ".hook_scale"), ("attn_out", "hook_attn_out"),
+                         ("mlp_out", "hook_mlp_out"), ("mlp_post", "mlp.out.hook_in")):
+        if site.endswith(suffix):
+            return kind
+    if ".ln" in site or site.startswith("ln_final"):
+        return "norm_in" if site.endswith("hook_in") else "norm_out"
+    if "hook_resid" in site:
+        return "resid"
+    return "other"
+
+
+def clean_name(name: str) -> str:
+    """A bridge name without TransformerLens's wrapping:
+    "blocks.0._original_component.attn.q.weight" -> "blocks.0.attn.q.weight"."""
+    return name.replace("._original_component", "").replace("_original_component.", "")
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """torch's LayerNorm/GroupNorm/BatchNorm/RMSNorm, and any class whose name says norm or DyT
+    (ours, TransformerLens's and Hugging Face's norms, e.g. ``LlamaRMSNorm``)."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):
+        return True
+    name = type(module).__name__.lower()
+    return "norm" in name or "dyt" in name

@@ -8,7 +8,6 @@ do) stops, and its result says so with the step; it never raises. With a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from normlens.data.corpus import TokenSplits, eval_windows, token_windows
-from normlens.io import atomic_path, read_json, write_json
+from normlens.io import as_json_value, atomic_path, read_json, write_json
 from normlens.losses import next_token_loss
 from normlens.models.checkpoint import load_checkpoint, model_tensors, read_checkpoint_meta, save_checkpoint
 from normlens.models.zoo import count_parameters, get_config
@@ -209,10 +208,10 @@ def saved_state_mismatch(folder: str | Path, model_config, train_config: TrainCo
     if not (state / "trainer.pt").is_file():
         return None
     saved_model = read_checkpoint_meta(state / "model")["config"]
-    if saved_model != json.loads(json.dumps(model_config.to_dict())):
+    if saved_model != as_json_value(model_config.to_dict()):
         return f"was written for another model ({saved_model.get('norm')})"
     saved_train = read_json(state / "history.json").get("train_config")
-    if saved_train != json.loads(json.dumps(dataclasses.asdict(train_config))):
+    if saved_train != as_json_value(dataclasses.asdict(train_config)):
         return "was written with other training settings"
     return None
 

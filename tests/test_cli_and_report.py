@@ -15,8 +15,8 @@ runner = CliRunner()
 def test_help_lists_verbs():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for verb in ("train", "demo", "remove-ln"):
-        assert verb in result.output
+    for verb in ("train", "demo", "remove-ln", "probe", "hessian", "landscape"):
+        assert re.search(rf"^\W*{re.escape(verb)}\s", result.output, re.M), verb  # a command row
 
 
 @pytest.mark.parametrize("args,message", [

@@ -29,6 +29,15 @@ def test_staged_removal_leaves_no_per_token_std(embedded_splits):
     assert all(v > 0 for v in result.frozen_std.values())
 
 
+def test_post_ln_model_has_no_final_norm_to_remove(embedded_splits):
+    """Post-LN blocks end in a norm, so the final slot is NoNorm: its stage is skipped, not crashed on."""
+    model = build_model(placement="post", **TINY)
+    removed, result = remove_layernorm(model, embedded_splits, LNRemovalConfig(final_steps=2), progress=False)
+    assert [slot for _, slot in result.schedule] == [
+        "blocks.0.ln2", "blocks.1.ln2", "blocks.0.ln1", "blocks.1.ln1", "first-position"]
+    assert remaining_layernorms(removed) == [] and "ln_final" not in result.frozen_std
+
+
 def test_removal_refuses_models_without_layernorm(embedded_splits):
     import pytest
 

@@ -9,13 +9,12 @@ T = TypeVar("T")
 
 
 def input_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "bad input", whose messages name the fix."""
-    from normlens.data.corpus import DataError
-    from normlens.models.checkpoint import CheckpointError
-    from normlens.models.config import ConfigError
-    from normlens.models.loading import ModelLoadError
+    """The exception types that mean "bad input", whose messages name the fix.
 
-    return (ConfigError, DataError, CheckpointError, ModelLoadError, ValueError, FileNotFoundError)
+    Our own (ConfigError, DataError, CheckpointError, ModelLoadError, GridMismatchError, ...)
+    all subclass ValueError.
+    """
+    return (ValueError, FileNotFoundError)
 
 
 def run_or_exit(job: Callable[[], T]) -> T:

@@ -104,9 +104,8 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
     metrics = None
     if min(len(c) for c in result.coords) >= 3:
         reach = min(max(abs(lo), abs(hi)) for lo, hi in result.ranges)
-        finite_model = all(bool(p.detach().isfinite().all()) for p in model.parameters())
-        hessian_inputs = dict(model=model, directions=directions, eval_items=tokens) if finite_model else {}
-        metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1, **hessian_inputs)
+        metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1,
+                                  model=model, directions=directions, eval_items=tokens)
         metrics.save(out / "metrics.json")
     plots = ((("landscape_1d", plot_landscape_1d),) if result.ndim == 1 else
              (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)))
@@ -125,6 +124,8 @@ def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
     """One landscape as a report section: plots, surface numbers, sharpness and curvature."""
     import numpy as np
 
+    from normlens.landscape.metrics import CURVATURE_NOTE
+
     finite = np.isfinite(result.loss)
     n_bad = result.n_nonfinite
     rows = {"centre loss f(0)": result.center_loss, "min loss": float(np.nanmin(np.where(finite, result.loss, np.nan)))
@@ -140,9 +141,7 @@ def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
             [{"axis": f"d{c.axis + 1}", "fit f''(0)": c.fit_second_derivative, "fit f''(0)/‖d‖²": c.fit_rayleigh,
               "Hessian dᵀHd/dᵀd": c.hessian_rayleigh, "relative difference": c.relative_error,
               "fit points": c.n_fit_points} for c in metrics.curvature])))
-        notes.append("Curvature: a quadratic fit through the 3 cells at the centre of each axis, against the "
-                     "Hessian's dᵀHd/dᵀd from one Hessian-vector product; on a coarse grid the fit is a secant "
-                     "estimate, so the two agree only as the cell spacing shrinks.")
+        notes.append(CURVATURE_NOTE)
     return ReportSection(
         f"Loss landscape: {model_name or 'model'}",
         f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "

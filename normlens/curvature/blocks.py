@@ -8,14 +8,13 @@ norm-free models can be compared side by side.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
 import torch.nn as nn
 
 from normlens.curvature.lanczos import compute_eigenpairs
-from normlens.curvature.operators import HessianOperator, LossFn, describe_parameters
+from normlens.curvature.operators import HessianOperator, LossFn, select_parameters
 from normlens.curvature.results import BlockSpectrumResult
 
 
@@ -54,11 +53,9 @@ def compute_block_spectra(
         if n_layers is None:
             raise ValueError("pass blocks={label: regex}; the model has no cfg.n_layers")
         blocks = transformer_blocks(n_layers)
-    infos = describe_parameters(model)
     labels, sizes, tops, residuals = [], [], [], []
     for label, pattern in blocks.items():
-        regex = re.compile(pattern)
-        size = sum(math.prod(i.shape) for i in infos if any(regex.search(a) for a in i.aliases))
+        size = sum(math.prod(i.shape) for i in select_parameters(model, pattern, allow_empty=True))
         labels.append(label)
         sizes.append(size)
         if size == 0:

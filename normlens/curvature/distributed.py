@@ -41,6 +41,8 @@ class DistributedOperator:
         self.param_shapes = op.param_shapes
         self.num_matvecs = 0
 
+    accepts_blocks = True  # one all-reduce per (n, m) block
+
     def __matmul__(self, vectors: torch.Tensor) -> torch.Tensor:
         total, weight = self.op.weighted_sum(vectors)
         buffer = torch.cat([total.reshape(-1), total.new_tensor([weight])])  # (numel + 1,)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normlens.curvature.operators import CurvatureOperator, as_operator
+from normlens.curvature.operators import as_operator
 from normlens.curvature.results import EigenResult
 
 WHICH = ("largest", "smallest", "both")
@@ -67,13 +67,13 @@ def apply(op: Any, vector: torch.Tensor) -> torch.Tensor:
 def apply_columns(op: Any, columns: torch.Tensor, block_elements: int = 1 << 27) -> torch.Tensor:
     """A @ each column, (n, m) -> (n, m), float64.
 
-    Our operators and dense matrices take blocks of columns (up to
+    Dense matrices and operators with ``accepts_blocks`` (ours) take blocks of columns (up to
     ``block_elements`` entries each) in one call: a curvature operator then runs
     each batch's forward once per block, not once per column. Any other
     operator is applied column by column, since it may accept only vectors.
     """
     n, m = columns.shape
-    if isinstance(op, (torch.Tensor, CurvatureOperator)):
+    if isinstance(op, torch.Tensor) or getattr(op, "accepts_blocks", False):
         width = max(1, min(m, block_elements // max(n, 1)))
         return torch.cat([apply(op, columns[:, j:j + width]) for j in range(0, m, width)], 1)
     return torch.stack([apply(op, columns[:, j]) for j in range(m)], 1)

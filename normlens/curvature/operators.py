@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.func import functional_call, grad, jvp, vjp
 
 from normlens.losses import logits_loss
+from normlens.sites import clean_name, is_norm_module
 from normlens.curvature.hygiene import check_train_mode, eval_mode, rng_preserved
 from normlens.curvature.results import unflatten
 
@@ -64,9 +65,7 @@ def lm_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(tokens)
 
 
-def lm_loss_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy, in the logits' dtype (half precision upcast to float32)."""
-    return logits_loss(logits, tokens)
+lm_loss_from_logits = logits_loss  # mean next-token cross-entropy of (batch, pos, d_vocab) logits
 
 
 def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -75,9 +74,6 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------- parameter subsets
-
-NORM_CLASS_HINTS = ("Norm", "DyT", "FrozenStd")
-
 
 @dataclass(frozen=True)
 class ParamInfo:
@@ -88,18 +84,6 @@ class ParamInfo:
     aliases: tuple[str, ...]
     shape: tuple[int, ...]
     in_norm: bool
-
-
-def _clean(name: str) -> str:
-    return name.replace("._original_component", "").replace("_original_component.", "")
-
-
-def _is_norm_module(module: nn.Module) -> bool:
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-        return True
-    if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):
-        return True
-    return any(hint in type(module).__name__ for hint in NORM_CLASS_HINTS)
 
 
 def describe_parameters(model: nn.Module) -> list[ParamInfo]:
@@ -115,15 +99,15 @@ def describe_parameters(model: nn.Module) -> list[ParamInfo]:
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             aliases.setdefault(id(param), [])
-            if _clean(full) not in aliases[id(param)]:
-                aliases[id(param)].append(_clean(full))
-            in_norm[id(param)] = in_norm.get(id(param), False) or _is_norm_module(module)
+            if clean_name(full) not in aliases[id(param)]:
+                aliases[id(param)].append(clean_name(full))
+            in_norm[id(param)] = in_norm.get(id(param), False) or is_norm_module(module)
     infos = []
     for key, param in model.named_parameters():
         if not param.requires_grad:
             continue
         names = aliases.get(id(param), [])
-        cleaned = _clean(key)
+        cleaned = clean_name(key)
         if cleaned not in names:
             names.append(cleaned)
         infos.append(
@@ -148,7 +132,8 @@ def layer_pattern(layer: int) -> str:
     return rf"^blocks\.{layer}\."
 
 
-def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[ParamInfo]:
+def select_parameters(model: nn.Module, params: ParamSelector = None, *,
+                      allow_empty: bool = False) -> list[ParamInfo]:
     """The parameters a curvature operator differentiates with respect to.
 
     Args:
@@ -156,6 +141,7 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[Pa
             "attn", "mlp"), a regular expression searched in each parameter's
             names (e.g. ``r"^blocks\\.0\\."``, see :func:`layer_pattern`), a list
             of those (union), or a predicate ``f(name, parameter) -> bool``.
+        allow_empty: return [] instead of raising when nothing matches.
     """
     infos = describe_parameters(model)
     if not infos:
@@ -182,7 +168,7 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[Pa
                 preset = lambda info, regex=regex: any(regex.search(a) for a in info.aliases)  # noqa: E731
             tests.append(preset)
         chosen = [info for info in infos if any(test(info) for test in tests)]
-    if not chosen:
+    if not chosen and not allow_empty:
         examples = ", ".join(info.name for info in infos[:6])
         raise ValueError(
             f"params={params!r} matches no trainable parameter of {type(model).__name__}; "
@@ -259,6 +245,8 @@ class CurvatureOperator:
     Attributes: ``shape`` (n, n), ``dtype``, ``device``, ``param_names``,
     ``param_shapes``, ``num_matvecs`` (products so far, per vector).
     """
+
+    accepts_blocks = True  # ``op @ V`` takes an (n, m) block: each batch's forward runs once for it
 
     def __init__(
         self,

@@ -69,14 +69,13 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
     tokens = study.eval_tokens[:N_SEQ, :N_CTX]
     eigen: dict[str, EigenResult] = {}
     densities: dict[str, DensityResult] = {}
-    block_results: list[BlockSpectrumResult] = []
-    rows, notes, skipped = [], [], []
+    block_results: dict[str, BlockSpectrumResult] = {}
+    rows, notes = [], []
     for name, model in study.models.items():
         safe = "".join(c if c.isalnum() else "_" for c in name)
         if name in study.diverged:
             notes.append(f"{name}: training diverged; no Hessian (shown as NaN).")
             rows.append({"model": name, "status": "diverged"})
-            skipped.append(name)
             continue
         try:
             with preserved_state(model):
@@ -90,10 +89,9 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
         except FloatingPointError as err:
             notes.append(f"{name}: {err}")
             rows.append({"model": name, "status": "non-finite loss"})
-            skipped.append(name)
             continue
         eigen[name], densities[name] = e, d
-        block_results.append(b)
+        block_results[name] = b
         e.save(out / f"{safe}_eigen.npz")
         d.save(out / f"{safe}_density.npz")
         b.save(out / f"{safe}_blocks.npz")
@@ -114,16 +112,15 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
             plot_densities, densities,
             "Hessian spectral densities (1 SLQ probe, log-scale density); re=|λmin/λmax|, "
             "Kh = negative-to-positive square-root mass ratio (LLA criteria).", (6, 3.5)))
-        for name in skipped:  # diverged or non-finite loss: an empty (NaN) row, in model order
-            block_results.append(BlockSpectrumResult(name, block_results[0].blocks,
-                                                     np.zeros(len(block_results[0].blocks), dtype=np.int64),
-                                                     np.full(len(block_results[0].blocks), math.nan),
-                                                     np.full(len(block_results[0].blocks), math.nan), 0))
+        blocks = next(iter(block_results.values())).blocks
+        empty = np.full(len(blocks), math.nan)  # a model without a Hessian: an empty (NaN) row
+        heatmap_rows = [block_results.get(name) or BlockSpectrumResult(
+            name, blocks, np.zeros(len(blocks), dtype=np.int64), empty, empty, 0) for name in study.models]
         figures.append(render_figure(
-            plot_block_heatmap, block_results,
+            plot_block_heatmap, heatmap_rows,
             "Top eigenvalue of the Hessian restricted to each block's parameters "
             "(empty: no parameters there, e.g. the norms of the norm-free model).",
-            (8, 0.5 * len(block_results) + 2)))
+            (8, 0.5 * len(heatmap_rows) + 2)))
     elapsed = time.perf_counter() - start
     notes.insert(0, (
         f"Fast settings for the demo budget: one batch of {N_SEQ}x{N_CTX} held-out tokens, "

@@ -105,7 +105,7 @@ def fused_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     if scale is fired:
         return y
     # a hook replaced the scale: finish in torch with the replaced value
-    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    xf = x.float()  # fp32, bf16 or fp16 here (float64 never takes the fused path)
     centred = xf - mean.unsqueeze(-1) if mean is not None else xf
     out = centred / scale * weight
     if bias is not None:

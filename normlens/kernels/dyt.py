@@ -24,9 +24,8 @@ from normlens.kernels._launch import (
     check_runnable,
     default_chunk,
     next_power_of_2,
-    num_programs_hint,
-    num_warps_bwd,
     num_warps_for,
+    row_tiling,
     tile_elements,
 )
 from normlens.kernels._math import tanh
@@ -190,20 +189,17 @@ def dyt_backward(
         db = torch.zeros_like(weight) if need_bias_grad else None
         return dx.view(x.shape), torch.zeros_like(alpha), torch.zeros_like(weight), db
     bm, bn = _blocks(m, n, chunk, block_m)
-    n_chunks = triton.cdiv(n, bn)
-    n_tiles = triton.cdiv(m, bm)
-    if num_row_groups is None:
-        num_row_groups = max(1, num_programs_hint(x.device) // n_chunks)
-    groups = max(1, min(n_tiles, num_row_groups))
-    rows_per_group = triton.cdiv(n_tiles, groups) * bm
-    groups = triton.cdiv(m, rows_per_group)
+    # DyT's own tiles (no one-pass limit), row groups as for LN/RMS
+    tiling = row_tiling(m, n, x.device, max_one_pass=bn, chunk=bn, block_m=bm,
+                        num_row_groups=num_row_groups, backward=True)
+    groups, rows_per_group, n_chunks = tiling.num_row_groups, tiling.rows_per_group, tiling.num_col_chunks(n)
     dw_part = torch.empty((groups, n), dtype=torch.float32, device=x.device)
     da_part = torch.empty_like(dw_part)
     db_part = torch.empty_like(dw_part) if need_bias_grad else dw_part
     _dyt_bwd_kernel[(groups, n_chunks)](
         x2, dy2, alpha, weight, dx, dw_part, db_part, da_part,
         m, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), rows_per_group,
-        HAS_DB=need_bias_grad, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps_bwd(bm * bn),
+        HAS_DB=need_bias_grad, BLOCK_M=bm, BLOCK_N=bn, num_warps=tiling.num_warps,
     )
     # second, fixed-order reduction over the row groups (and the columns for alpha)
     dw = dw_part.sum(0).to(weight.dtype)

@@ -16,10 +16,17 @@ import torch
 import torch.nn as nn
 
 from normlens.landscape.directions import Directions
-from normlens.landscape.hessian import HessianVectorProduct, loss_closure, rayleigh_quotient
+from normlens.landscape.hessian import hessian_operator, rayleigh_quotient
 from normlens.landscape.objective import Objective, check_eval_items, eval_mode
 from normlens.landscape.params import parameters_of
 from normlens.landscape.results import AxisCurvature, LandscapeMetrics, LandscapeResult, Sharpness
+
+
+CURVATURE_NOTE = (
+    "Curvature: second derivative of a quadratic fit through the 3 cells at the centre of each axis, "
+    "divided by ‖d‖², next to the Hessian's dᵀHd/dᵀd from a Hessian-vector product; a coarse grid "
+    "makes the fit a secant estimate, so the two agree only roughly."
+)
 
 
 def sharpness(result: LandscapeResult, radius: float) -> Sharpness:
@@ -77,10 +84,13 @@ def compute_metrics(result: LandscapeResult, *, radii: Sequence[float] = (0.5, 1
         directions.check_fits(model)
         params = parameters_of(model)
         if all(torch.isfinite(p).all() for p in params.values()):
-            closure = loss_closure(model, eval_items, objective, items_per_batch)
             with eval_mode(model):
-                hvp = HessianVectorProduct(closure, params)
-                hessian = [rayleigh_quotient(hvp, axis) for axis in directions.axes]
+                try:
+                    op = hessian_operator(model, eval_items, None, objective, items_per_batch)
+                except FloatingPointError:  # a finite model whose loss is NaN/inf: no curvature
+                    op = None
+                if op is not None:
+                    hessian = [rayleigh_quotient(op, model, axis) for axis in directions.axes]
     curvature = []
     norms = result.direction_norms
     for k in range(result.ndim):

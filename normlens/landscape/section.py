@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from normlens.io import write_json  # noqa: E402
 from normlens.landscape.directions import random_directions  # noqa: E402
 from normlens.landscape.grid import compute_landscape  # noqa: E402
-from normlens.landscape.metrics import compute_metrics  # noqa: E402
+from normlens.landscape.metrics import CURVATURE_NOTE, compute_metrics  # noqa: E402
 from normlens.landscape.results import LandscapeResult  # noqa: E402
 from normlens.plots.landscape import plot_landscape_1d, plot_landscapes  # noqa: E402
 from normlens.report.section import Figure, ReportSection, Table  # noqa: E402
@@ -91,9 +91,7 @@ def build_section(study, *, resolution: int = RESOLUTION, span: float = SPAN, n_
     write_json(out_dir / "summary.json", rows)
     elapsed = time.perf_counter() - start
     notes += [
-        "Curvature: second derivative of a quadratic fit through the 3 cells at the centre of each axis, "
-        "divided by ‖d‖², next to the Hessian's dᵀHd/dᵀd from a Hessian-vector product; a coarse grid "
-        "makes the fit a secant estimate, so the two agree only roughly.",
+        CURVATURE_NOTE,
         "Sharpness: largest loss increase over grid cells within radius r of the model (coefficient units).",
         f"Computed in {elapsed:.1f} s; surfaces saved under {out_dir}.",
     ]

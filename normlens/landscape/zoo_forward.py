@@ -17,10 +17,9 @@ The norms are the model's own modules (LayerNorm, RMSNorm, DyT, the frozen-std
 LN of LN-free models) run on (P, B, T, d) activations with their moving
 parameters viewed as (P, 1, 1, d), so there is no second norm implementation.
 
-:func:`build` returns None for anything that is not a plain zoo model (other
-architectures, soft caps, GQA, rotary, gated MLPs); the landscape evaluator
-also compares this path with the generic one at construction and uses it only
-when they agree.
+:func:`build` returns None for anything that is not a zoo model; the landscape
+evaluator also compares this path with the generic one at construction and
+uses it only when they agree.
 """
 from __future__ import annotations
 
@@ -56,12 +55,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
 class BatchedZooForward:
     """``(moving params (P, ...), batch (B, T)) -> (loss sums (P,), hit sums (P,))`` for a zoo model."""
 
-    def __init__(self, model: nn.Module, native: nn.Module, objective: Objective, accuracy: bool):
+    def __init__(self, model: nn.Module, objective: Objective, accuracy: bool):
         self.objective = objective
         self.accuracy = accuracy
         self.name_of = {id(p): name for name, p in model.named_parameters()}
-        self.native = native
-        self.blocks = [_inner(block) for block in native.layers]
+        self.native = model.original_model  # the bridged TransformerLens native model
+        self.blocks = [_inner(block) for block in self.native.layers]
 
     def _param(self, moving: Params, tensor: torch.Tensor) -> torch.Tensor:
         """The point-batched value of a model parameter if it moves, else the parameter itself."""
@@ -142,28 +141,18 @@ class BatchedZooForward:
 
 
 def build(model: nn.Module, objective: Objective, accuracy: bool) -> Optional[BatchedZooForward]:
-    """A :class:`BatchedZooForward` for a plain normlens zoo model, else None."""
+    """A :class:`BatchedZooForward` for a normlens zoo model, else None.
+
+    Zoo models are built by :func:`normlens.models.build_model` (learned positions, plain
+    causal attention and MLP); anything this forward does not reproduce, such as a hook that
+    changes an activation, is caught by the evaluator's comparison with the generic path.
+    """
     from normlens.models.config import ZooConfig
     from normlens.models.zoo import ZooBlock
 
-    if not isinstance(getattr(model, "normlens_config", None), ZooConfig):
-        return None
     native = getattr(model, "original_model", None)
-    if native is None or getattr(native, "pos", None) is None or getattr(native, "rotary", None) is not None:
+    if not isinstance(getattr(model, "normlens_config", None), ZooConfig) or native is None:
         return None
-    if float(getattr(native, "output_logits_soft_cap", 0.0)) > 0:
+    if not all(isinstance(_inner(block), ZooBlock) for block in native.layers):
         return None
-    for block in native.layers:
-        block = _inner(block)
-        if not isinstance(block, ZooBlock) or block.placement not in ("pre", "post"):
-            return None
-        attn, mlp = _inner(block.attn), _inner(block.mlp)
-        if not all(hasattr(attn, a) for a in ("q", "k", "v", "o", "scale", "n_heads", "d_head")):
-            return None
-        if getattr(attn, "kv_repeats", 1) != 1 or getattr(attn, "rotary", None) is not None:
-            return None
-        if float(getattr(attn, "attn_scores_soft_cap", 0.0)) > 0 or not getattr(attn, "causal", False):
-            return None
-        if not (hasattr(mlp, "fc_in") and hasattr(mlp, "act")) or getattr(mlp, "ln", None) is not None:
-            return None
-    return BatchedZooForward(model, native, objective, accuracy)
+    return BatchedZooForward(model, objective, accuracy)

@@ -69,6 +69,11 @@ def removal_groups(n_layers: int) -> list[list[str]]:
     return groups
 
 
+def _fake_norms(model: TransformerBridge) -> dict[str, FrozenStdLayerNorm]:
+    """Slot -> FrozenStdLayerNorm; a Post-LN model's final slot holds no norm and is left out."""
+    return {slot: norm for slot, norm in norm_modules(model).items() if isinstance(norm, FrozenStdLayerNorm)}
+
+
 def _to_fake_layernorm(model: TransformerBridge) -> TransformerBridge:
     """A copy of an "ln" model whose LayerNorms are live FrozenStdLayerNorms."""
     config = get_config(model)
@@ -80,16 +85,15 @@ def _to_fake_layernorm(model: TransformerBridge) -> TransformerBridge:
         for name, tensor in model_tensors(fake).items():
             if name in source:
                 tensor.copy_(source[name])
-    for norm in norm_modules(fake).values():
-        if isinstance(norm, FrozenStdLayerNorm):
-            norm.live.fill_(True)
+    for norm in _fake_norms(fake).values():
+        norm.live.fill_(True)
     return fake
 
 
 @torch.no_grad()
 def _calibrate(model: TransformerBridge, tokens: torch.Tensor) -> None:
     """Start every tracked std at its measured mean instead of the EMA's 1.0."""
-    norms = norm_modules(model)
+    norms = _fake_norms(model)
     names = [norm_scale(slot) for slot in norms]
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     for slot, norm in norms.items():
@@ -114,8 +118,9 @@ def remove_layernorm(
     result = LNRemovalResult(val_loss_before=evaluate(model, val_tokens), val_loss_after=float("nan"))
     _calibrate(fake, token_windows(splits.train, n_seq=config.batch_size, n_ctx=n_ctx,
                                    generator=generator))
-    groups = removal_groups(get_config(model).n_layers)
-    norms = norm_modules(fake)
+    norms = _fake_norms(fake)
+    groups = [group for group in removal_groups(get_config(model).n_layers)
+              if group == ["first-position"] or group[0] in norms]
     removal_at = {config.warmup_steps + i * config.steps_per_removal: group
                   for i, group in enumerate(groups)}
     total = config.warmup_steps + len(groups) * config.steps_per_removal + config.final_steps

@@ -157,14 +157,13 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
         initialize_native_model(native, native_cfg, seed=config.seed)
     for layer, block in enumerate(native.layers):
         native.layers[layer] = ZooBlock(
-            tl_cfg,
+            native_cfg,
             config.block_placement(layer),
             attn=block.attn,
             mlp=block.mlp,
             ln1=_norm_for_slot(config, f"blocks.{layer}.ln1", layer),
             ln2=_norm_for_slot(config, f"blocks.{layer}.ln2", layer),
         )
-        native.layers[layer].cfg = native_cfg
     native.ln_out = _norm_for_slot(config, "ln_final", None)
     bridge = build_bridge_from_module(
         native,

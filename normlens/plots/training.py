@@ -1,13 +1,14 @@
 """Training curves of several runs on shared axes."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from normlens.train import TrainResult
+if TYPE_CHECKING:  # importing normlens.train would load TransformerLens just for a type
+    from normlens.train import TrainResult
 
 
 def plot_training_curves(results: Sequence[TrainResult], ax: plt.Axes | None = None,

@@ -118,12 +118,6 @@ class Probe:
 
 # -- model inspection ---------------------------------------------------------
 
-def _is_norm_module(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", nn.LayerNorm))) or (
-        "norm" in type(module).__name__.lower()
-    )
-
-
 def model_info(model: nn.Module) -> tuple[ModelInfo, dict[str, tuple[nn.Module, str]]]:
     """Describe ``model`` and list its probe sites: name -> (module, "out" | "in")."""
     hook_dict = getattr(model, "hook_dict", None)
@@ -145,7 +139,7 @@ def model_info(model: nn.Module) -> tuple[ModelInfo, dict[str, tuple[nn.Module, 
             continue
         table[S.module_input(path)] = (module, "in")
         table[S.module_output(path)] = (module, "out")
-        if _is_norm_module(module):
+        if S.is_norm_module(module):
             norm_paths.append(path)
         if isinstance(module, nn.ModuleList) and len(module) > len(block_paths):
             block_paths = [f"{path}.{i}" for i in range(len(module))]

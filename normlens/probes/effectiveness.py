@@ -94,13 +94,8 @@ _GROUPS = (("norm", re.compile(r"(^|\.)(ln\w*|norm\w*)\.")), ("attn", re.compile
            ("embed", re.compile(r"^(tok_embed|embed|pos_embed|pos|wte|wpe)\.")))
 
 
-def clean_param_name(name: str) -> str:
-    """Drop the bridge's wrapping: "blocks.0._original_component.attn.q.weight" -> "blocks.0.attn.q.weight"."""
-    return name.replace("_original_component.", "")
-
-
 def param_group(name: str) -> str:
-    name = clean_param_name(name)
+    name = S.clean_name(name)
     for group, pattern in _GROUPS:
         if pattern.search(name):
             return group
@@ -116,7 +111,7 @@ def compute_gradient_norms(model: nn.Module, tokens: torch.Tensor) -> pd.DataFra
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     rows = []
     for (name, _), g in zip(named, grads):
-        clean = clean_param_name(name)
+        clean = S.clean_name(name)
         rows.append({"param": clean, "layer": S.layer_of(clean), "group": param_group(name),
                      "grad_norm": float(g.detach().double().norm()) if g is not None else 0.0})
     return pd.DataFrame(rows)

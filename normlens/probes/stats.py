@@ -105,11 +105,6 @@ class GroupStats:
                    hist=sums.hist.clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
                    nan=sums.nan, inf=sums.inf, nonfinite_tokens=sums.nonfinite_tokens)
 
-    @classmethod
-    def from_batch(cls, x: torch.Tensor, top_k: int) -> "GroupStats":
-        """Statistics of ``x`` (..., d)."""
-        return cls.from_sums(GroupSums(x.shape[-1], top_k).reduce(x))
-
     def merge(self, other: "GroupStats") -> "GroupStats":
         if self.d != other.d:
             raise ValueError(f"cannot merge statistics of width {self.d} and {other.d}")
@@ -171,18 +166,6 @@ class GroupStats:
         )
 
 
-def _site_kind(site: str) -> str:
-    for kind, suffix in (("norm_scale", ".hook_scale"), ("attn_out", "hook_attn_out"),
-                         ("mlp_out", "hook_mlp_out"), ("mlp_post", "mlp.out.hook_in")):
-        if site.endswith(suffix):
-            return kind
-    if ".ln" in site or site.startswith("ln_final"):
-        return "norm_in" if site.endswith("hook_in") else "norm_out"
-    if "hook_resid" in site:
-        return "resid"
-    return "other"
-
-
 @dataclass(frozen=True)
 class ActivationStatsResult:
     """Per-site, per-position-group statistics. ``stats[site][group]`` is a :class:`GroupStats`."""
@@ -198,7 +181,7 @@ class ActivationStatsResult:
         rows = []
         for site in self.sites:
             for group, g in self.stats[site].items():
-                rows.append({"site": site, "layer": S.layer_of(site), "kind": _site_kind(site),
+                rows.append({"site": site, "layer": S.layer_of(site), "kind": S.site_kind(site),
                              "group": group, **g.summary()})
         return pd.DataFrame(rows)
 

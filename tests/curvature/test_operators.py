@@ -59,6 +59,8 @@ def test_ggn_matches_dense_ggn_zoo_subset():
     model, tokens = make_zoo("rms"), zoo_tokens(2)
     G = dense_ggn(model, lambda call: call(tokens), lambda z: lm_loss_from_logits(z, tokens), "attn")
     op = GGNOperator(model, tokens, params="attn")
+    # the selection, independently of select_parameters (which the dense reference also uses)
+    assert op.shape[0] == sum(p.numel() for n, p in model.named_parameters() if ".attn." in n) > 0
     v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(op @ v, G @ v, rtol=1e-9, atol=1e-11)
 

@@ -66,3 +66,14 @@ def test_plain_module():
     assert relu.result().to_frame().zero_fraction[0] == pytest.approx(float((h == 0).double().mean()))
     with pytest.raises(ProbeError, match="1.hook_out"):
         attach(net, ActivationStatsProbe(sites=["1.hook_outt"]))
+
+
+def test_plain_module_with_dyt_counts_it_as_a_norm():
+    """The one norm predicate (normlens.sites.is_norm_module) covers DyT on plain modules too."""
+    from normlens.models import DyT
+
+    net = nn.Sequential(nn.Linear(4, 8), DyT(8), nn.Linear(8, 2))
+    probe = ActivationStatsProbe(split_first=False)
+    with attach(net, probe):
+        net(torch.randn(5, 4))
+    assert probe.sites == ["1.hook_in", "1.hook_out"]
