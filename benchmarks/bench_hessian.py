@@ -20,7 +20,7 @@ from torch.func import functional_call, jacrev
 import normlens
 from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 from normlens.curvature import HessianOperator, compute_eigenpairs
-from normlens.curvature.operators import lm_loss_from_logits
+from normlens.losses import logits_loss
 
 REPEATS = 5
 
@@ -56,7 +56,7 @@ def hvp_ratio(make, tokens: torch.Tensor, label: str) -> None:
 
     def plain_grad():
         plain.zero_grad()
-        lm_loss_from_logits(plain(tokens), tokens).backward()
+        logits_loss(plain(tokens), tokens).backward()
 
     t_plain = median_time(plain_grad)
     n = cold.shape[0]
@@ -76,7 +76,7 @@ def dense_top(make, tokens: torch.Tensor, k: int) -> np.ndarray:
 
     def loss(x):
         params = {n: c.view(p.shape) for (n, p), c in zip(named, x.split(sizes))}
-        return lm_loss_from_logits(functional_call(model64, params, (tokens,)), tokens)
+        return logits_loss(functional_call(model64, params, (tokens,)), tokens)
 
     H = jacrev(jacrev(loss))(flat)
     return torch.linalg.eigvalsh(H).flip(0)[:k].numpy()
@@ -139,7 +139,7 @@ def fit_to_batch(model: nn.Module, tokens: torch.Tensor, steps: int = 150) -> li
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
         optimizer.zero_grad()
-        lm_loss_from_logits(model(tokens), tokens).backward()
+        logits_loss(model(tokens), tokens).backward()
         optimizer.step()
     return [p.detach().clone() for p in model.parameters()]
 

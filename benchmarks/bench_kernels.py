@@ -5,7 +5,7 @@ Run:  python benchmarks/bench_kernels.py                 (writes benchmarks/RESU
       python benchmarks/bench_kernels.py --compile-only  (no GPU needed: compiles every kernel
                                                           variant for sm_90, prints registers/spills)
 
-Effective bandwidth with the byte counts of REFERENCES.md: forward 2·M·N·elt
+Effective bandwidth with the usual byte counts: forward 2·M·N·elt
 (read x, write y), backward 3·M·N·elt (read x and dy, write dx), plus the
 parameters (read w [and b]; backward also writes dw [and db]). Each timing is
 the median of ``triton.testing.do_bench`` medians over three repeats, all
@@ -314,8 +314,8 @@ def compile_only(arch: int) -> int:
             m = ELEMENTS // n
             rows = {"M": m, "N": n, "stride_xm": n, "stride_xn": 1, "stride_dym": n, "stride_dyn": 1,
                     "rows_per_group": 64}
-            fwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N, num_row_groups=1)
-            bwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N_BWD, num_row_groups=1, backward=True)
+            fwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N, n_row_groups=1)
+            bwd_t = row_tiling(m, n, cpu, max_one_pass=MAX_ONE_PASS_N_BWD, n_row_groups=1, backward=True)
             for rms in (False, True):
                 name = "rms" if rms else "ln"
                 types = {"X": f"*{dt}", "Y": f"*{dt}", "W": f"*{dt}", "B": f"*{dt}", "Mean": "*fp32",

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from normlens.losses import logits_loss  # noqa: E402
 from timing import seconds  # noqa: E402  (benchmarks/timing.py)
 
 
@@ -65,11 +65,6 @@ def zoo_model_and_tokens(n_seq: int):
     return model, tokens
 
 
-def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (the loss both tools evaluate)."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-
-
 def normlens_plane(model, tokens, steps: int, zoo_fast_path: bool = True):
     from normlens.landscape import compute_landscape, random_directions
 
@@ -81,7 +76,7 @@ def loss_landscapes_plane(model, tokens, steps: int):
     from loss_landscapes import random_plane
     from loss_landscapes.metrics import Loss
 
-    metric = Loss(lm_loss, tokens, tokens)
+    metric = Loss(logits_loss, tokens, tokens)
     # deepcopy_model=True: the library otherwise leaves the model's weights perturbed
     return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
 
@@ -95,7 +90,7 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
     model, tokens = zoo_model_and_tokens(n_seq)
     baseline_model = copy.deepcopy(model)
     with torch.no_grad():
-        own_loss = float(lm_loss(model(tokens), tokens))
+        own_loss = float(logits_loss(model(tokens), tokens))
     normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
     loss_landscapes_plane(baseline_model, tokens, 3)
     normlens_plane(model, tokens, 5, zoo_fast_path=False)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
 from normlens.curvature.density import estimate_density
-from normlens.curvature.hygiene import preserved_state
+from normlens.hygiene import preserved_state
 from normlens.curvature.lanczos import WHICH, compute_eigenpairs
 from normlens.curvature.operators import METHODS, HessianOperator
 from normlens.curvature.trace import estimate_trace
@@ -62,7 +62,7 @@ def run_hessian(
         op = HessianOperator(model, tokens, params=params, method=method)
         eigen = stage("eigenpairs", compute_eigenpairs(op, k, which=which, seed=seed))
         trace = stage("trace", estimate_trace(op, trace_matvecs, seed=seed))
-        density = stage("density", estimate_density(op, num_probes=density_probes, num_steps=density_steps,
+        density = stage("density", estimate_density(op, n_probes=density_probes, n_steps=density_steps,
                                                     seed=seed))
         block = stage("blocks", (
             compute_block_spectra(model, tokens, blocks=transformer_blocks(n_layers), seed=seed, name=name)
@@ -77,7 +77,7 @@ def run_hessian(
         "model": name, "n_params": op.shape[0], "params": params, "method": op.method,
         "tokens": list(tokens.shape), "loss": op.loss(),
         "eigenvalues": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
-        "converged": bool(eigen.all_converged), "lanczos_steps": eigen.num_steps,
+        "converged": bool(eigen.all_converged), "lanczos_steps": eigen.n_steps,
         "trace": trace.estimate, "trace_std_error": trace.std_error,
         "re": density.re, "Kh": density.kh, "seconds": time.perf_counter() - start,
     }

@@ -14,7 +14,8 @@ import numpy as np
 import torch.nn as nn
 
 from normlens.curvature.lanczos import compute_eigenpairs
-from normlens.curvature.operators import HessianOperator, LossFn, select_parameters
+from normlens.curvature.operators import HessianOperator, LossFn
+from normlens.parameters import select_parameters
 from normlens.curvature.results import BlockSpectrumResult
 
 
@@ -36,7 +37,7 @@ def compute_block_spectra(
     loss_fn: LossFn | None = None,
     *,
     blocks: dict[str, str] | None = None,
-    num_steps: int = 20,
+    n_steps: int = 20,
     seed: int = 0,
     name: str = "",
 ) -> BlockSpectrumResult:
@@ -45,7 +46,7 @@ def compute_block_spectra(
     Args:
         blocks: label -> parameter-name regex; default :func:`transformer_blocks`
             from ``model.cfg.n_layers``.
-        num_steps: Lanczos steps per block (fixed; the top eigenvalue converges
+        n_steps: Lanczos steps per block (fixed; the top eigenvalue converges
             first, and the residual is reported to judge it).
     """
     if blocks is None:
@@ -63,15 +64,15 @@ def compute_block_spectra(
             residuals.append(math.nan)
             continue
         op = HessianOperator(model, data, loss_fn, params=pattern)
-        steps = min(num_steps, size)
-        result = compute_eigenpairs(op, 1, num_steps=steps, max_steps=steps, seed=seed, warn=False)
+        steps = min(n_steps, size)
+        result = compute_eigenpairs(op, 1, n_steps=steps, max_steps=steps, seed=seed, warn=False)
         tops.append(float(result.eigenvalues[0]))
         residuals.append(float(result.residuals[0]))
     return BlockSpectrumResult(
         model=name,
         blocks=tuple(labels),
-        num_params=np.array(sizes, dtype=np.int64),
+        n_params=np.array(sizes, dtype=np.int64),
         top_eigenvalues=np.array(tops),
         residuals=np.array(residuals),
-        num_steps=num_steps,
+        n_steps=n_steps,
     )

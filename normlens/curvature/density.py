@@ -11,7 +11,8 @@ smoothed density
 which integrates to 1 (each probe's weights sum to 1) and whose mean,
 (1/P) sum_p v_p^T A v_p, estimates tr(A)/n.
 
-LLA criteria from the quadrature (REFERENCES.md): re = |lambda_min/lambda_max|
+LLA criteria from the quadrature ("Investigating generalization ... by means of loss
+landscapes and Hessian analysis", the LLA paper): re = |lambda_min/lambda_max|
 and Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2, available as
 ``DensityResult.re`` and ``DensityResult.kh``.
 """
@@ -39,21 +40,21 @@ def gaussian_density(
 def estimate_density(
     op: Any,
     *,
-    num_probes: int = 4,
-    num_steps: int = 40,
+    n_probes: int = 4,
+    n_steps: int = 40,
     sigma: float | None = None,
     relative_sigma: float = 0.01,
-    num_grid: int = 1000,
+    n_grid: int = 1000,
     seed: int = 0,
 ) -> DensityResult:
     """Estimate the eigenvalue density of a symmetric operator by SLQ.
 
     Args:
         op: an (n, n) tensor or operator with ``shape``/``@``.
-        num_probes: random starting vectors (Gaussian, normalized).
-        num_steps: Lanczos steps per probe (at most n), full reorthogonalization.
+        n_probes: random starting vectors (Gaussian, normalized).
+        n_steps: Lanczos steps per probe (at most n), full reorthogonalization.
         sigma: kernel width; default ``relative_sigma * (lambda_max - lambda_min)``.
-        num_grid: grid points, spanning [lambda_min - 5 sigma, lambda_max + 5 sigma]
+        n_grid: grid points, spanning [lambda_min - 5 sigma, lambda_max + 5 sigma]
             so that the grid integral of the density is 1 to ~1e-6.
         seed: seeds the probes.
 
@@ -62,25 +63,25 @@ def estimate_density(
     """
     op = as_operator(op)
     n = op.shape[0]
-    if num_probes < 1 or num_steps < 1:
-        raise ValueError(f"num_probes and num_steps must be >= 1, got {num_probes}, {num_steps}")
+    if n_probes < 1 or n_steps < 1:
+        raise ValueError(f"n_probes and n_steps must be >= 1, got {n_probes}, {n_steps}")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    steps = min(num_steps, n)
+    steps = min(n_steps, n)
     generator = torch.Generator().manual_seed(seed)
-    nodes = np.empty((num_probes, steps))
-    weights = np.empty((num_probes, steps))
-    for p in range(num_probes):
+    nodes = np.empty((n_probes, steps))
+    weights = np.empty((n_probes, steps))
+    for p in range(n_probes):
         run = lanczos(op, steps, generator=generator)
         nodes[p], weights[p] = ritz_values_and_weights(run)
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
         sigma = relative_sigma * (hi - lo) if hi > lo else relative_sigma * max(abs(hi), 1.0)
     # at least 4 points per sigma, so the trapezoid integral is accurate (capped)
-    num_grid = int(min(max(num_grid, np.ceil(4 * (hi - lo + 10 * sigma) / sigma)), 200_000))
-    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_grid)
-    density = gaussian_density(nodes, weights / num_probes, grid, sigma)
+    n_grid = int(min(max(n_grid, np.ceil(4 * (hi - lo + 10 * sigma) / sigma)), 200_000))
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, n_grid)
+    density = gaussian_density(nodes, weights / n_probes, grid, sigma)
     return DensityResult(
         grid=grid, density=density, nodes=nodes, weights=weights, sigma=float(sigma),
-        n=n, num_probes=num_probes, num_steps=steps, seed=seed,
+        n=n, n_probes=n_probes, n_steps=steps, seed=seed,
     )

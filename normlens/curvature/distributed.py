@@ -39,7 +39,7 @@ class DistributedOperator:
         self.device = op.device
         self.param_names = op.param_names
         self.param_shapes = op.param_shapes
-        self.num_matvecs = 0
+        self.n_matvecs = 0
 
     accepts_blocks = True  # one all-reduce per (n, m) block
 
@@ -47,7 +47,7 @@ class DistributedOperator:
         total, weight = self.op.weighted_sum(vectors)
         buffer = torch.cat([total.reshape(-1), total.new_tensor([weight])])  # (numel + 1,)
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
-        self.num_matvecs += 1 if vectors.dim() == 1 else vectors.shape[1]
+        self.n_matvecs += 1 if vectors.dim() == 1 else vectors.shape[1]
         return (buffer[:-1] / buffer[-1]).reshape(total.shape)
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:

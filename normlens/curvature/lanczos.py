@@ -35,15 +35,15 @@ class LanczosRun:
     basis: torch.Tensor  # (n, m) float64, orthonormal columns
     residual: torch.Tensor  # (n,) float64, A q_m - alpha_m q_m - beta_{m-1} q_{m-1}, orthogonalized
     breakdown: bool  # beta[m-1] ~ 0: the basis spans an invariant subspace
-    num_matvecs: int
+    n_matvecs: int
 
     @property
-    def num_steps(self) -> int:
+    def n_steps(self) -> int:
         return int(self.alpha.numel())
 
     def tridiagonal(self) -> torch.Tensor:
         """T_m = Q_m^T A Q_m, (m, m)."""
-        m = self.num_steps
+        m = self.n_steps
         off = self.beta[: m - 1]
         return torch.diag(self.alpha) + torch.diag(off, 1) + torch.diag(off, -1)
 
@@ -88,13 +88,13 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 def lanczos(
     op: Any,
-    num_steps: int,
+    n_steps: int,
     *,
     start: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     previous: LanczosRun | None = None,
 ) -> LanczosRun:
-    """Run (or continue ``previous`` up to) ``num_steps`` Lanczos steps with full reorthogonalization.
+    """Run (or continue ``previous`` up to) ``n_steps`` Lanczos steps with full reorthogonalization.
 
     Args:
         start: the first vector (normalized here); default: Gaussian from ``generator``.
@@ -107,7 +107,7 @@ def lanczos(
     op = as_operator(op)
     n = op.shape[0]
     device = _op_device(op)
-    num_steps = min(int(num_steps), n)
+    n_steps = min(int(n_steps), n)
     generator = generator or torch.Generator().manual_seed(0)
 
     def fresh_vector(basis: torch.Tensor) -> torch.Tensor:
@@ -123,21 +123,21 @@ def lanczos(
         q = q.to(device, torch.float64)
         if q.shape != (n,) or not q.norm() > 0:
             raise ValueError(f"start vector must be a non-zero ({n},) tensor, got shape {tuple(q.shape)}")
-        basis = torch.empty(n, num_steps, dtype=torch.float64, device=device)
-        alpha = torch.empty(num_steps, dtype=torch.float64, device=device)
-        beta = torch.zeros(num_steps, dtype=torch.float64, device=device)
+        basis = torch.empty(n, n_steps, dtype=torch.float64, device=device)
+        alpha = torch.empty(n_steps, dtype=torch.float64, device=device)
+        beta = torch.zeros(n_steps, dtype=torch.float64, device=device)
         basis[:, 0] = q / q.norm()
         first, matvecs = 0, 0
         residual, breakdown = None, False
     else:
-        first = previous.num_steps
-        extra = max(num_steps - first, 0)
+        first = previous.n_steps
+        extra = max(n_steps - first, 0)
         basis = torch.cat([previous.basis, previous.basis.new_empty(n, extra)], 1)
         alpha = torch.cat([previous.alpha, previous.alpha.new_empty(extra)])
         beta = torch.cat([previous.beta, previous.beta.new_zeros(extra)])
-        matvecs, residual, breakdown = previous.num_matvecs, previous.residual, previous.breakdown
+        matvecs, residual, breakdown = previous.n_matvecs, previous.residual, previous.breakdown
 
-    for j in range(first, num_steps):
+    for j in range(first, n_steps):
         if j > 0:
             if breakdown:
                 beta[j - 1] = 0.0
@@ -173,7 +173,7 @@ def compute_eigenpairs(
     k: int = 5,
     *,
     which: str = "largest",
-    num_steps: int | None = None,
+    n_steps: int | None = None,
     max_steps: int | None = None,
     tol: float | None = None,
     seed: int = 0,
@@ -186,11 +186,11 @@ def compute_eigenpairs(
         op: a symmetric (n, n) tensor or an operator with ``shape``/``@``.
         k: pairs per end wanted.
         which: "largest", "smallest" or "both" (k of each).
-        num_steps: first Lanczos run length; default max(2 k_total + 20, 30),
+        n_steps: first Lanczos run length; default max(2 k_total + 20, 30),
             at most n (k_total = 2k for "both").
         max_steps: extend the run (by half its length at a time) until every
-            wanted pair converges or this many steps; default min(n, 4 * num_steps).
-            Pass ``max_steps=num_steps`` for a fixed cost.
+            wanted pair converges or this many steps; default min(n, 4 * n_steps).
+            Pass ``max_steps=n_steps`` for a fixed cost.
         tol: a pair is converged when ||A y - theta y|| <= tol * max|theta|;
             default 1e-6 for float64 operators and 1e-4 otherwise.
         exact_residuals: compute ||A y - theta y|| with one more product per
@@ -218,23 +218,23 @@ def compute_eigenpairs(
             f"use k <= {n // 2 if which == 'both' else n}"
         )
     default_steps = max(2 * k_total + 20, 30)
-    num_steps = min(n, default_steps if num_steps is None else int(num_steps))
-    if num_steps < k_total:
-        raise ValueError(f"num_steps={num_steps} is below the {k_total} pairs wanted")
-    max_steps = min(n, max(num_steps, 4 * num_steps if max_steps is None else int(max_steps)))
+    n_steps = min(n, default_steps if n_steps is None else int(n_steps))
+    if n_steps < k_total:
+        raise ValueError(f"n_steps={n_steps} is below the {k_total} pairs wanted")
+    max_steps = min(n, max(n_steps, 4 * n_steps if max_steps is None else int(max_steps)))
     if tol is None:
         tol = 1e-6 if _op_dtype(op) == torch.float64 else 1e-4
 
     generator = torch.Generator().manual_seed(seed)
-    run = lanczos(op, num_steps, generator=generator)
+    run = lanczos(op, n_steps, generator=generator)
     while True:
         theta, s = torch.linalg.eigh(run.tridiagonal())  # ascending
-        idx, ends = _wanted(run.num_steps, k, which)
+        idx, ends = _wanted(run.n_steps, k, which)
         scale = float(theta.abs().max()) or 1.0
         estimates = (run.beta[-1] * s[-1, idx]).abs()  # |beta_m s_{m,i}|
-        if run.num_steps >= max_steps or bool((estimates <= tol * scale).all()):
+        if run.n_steps >= max_steps or bool((estimates <= tol * scale).all()):
             break
-        run = lanczos(op, min(max_steps, run.num_steps + max(run.num_steps // 2, 10)),
+        run = lanczos(op, min(max_steps, run.n_steps + max(run.n_steps // 2, 10)),
                       generator=generator, previous=run)
 
     vectors = run.basis @ s[:, idx]  # (n, k_total) Ritz vectors
@@ -242,7 +242,7 @@ def compute_eigenpairs(
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
     vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)  # largest entry > 0
     values = theta[idx]
-    matvecs = run.num_matvecs
+    matvecs = run.n_matvecs
     if exact_residuals:
         residuals = (apply_columns(op, vectors) - vectors * values).norm(dim=0)
         matvecs += len(idx)
@@ -253,9 +253,9 @@ def compute_eigenpairs(
         bad = [f"{float(values[i]):.6g} (residual {float(residuals[i]):.2e})"
                for i in range(len(idx)) if not converged[i]]
         warnings.warn(
-            f"Lanczos did not converge after {run.num_steps} steps for {len(bad)} of {len(idx)} "
+            f"Lanczos did not converge after {run.n_steps} steps for {len(bad)} of {len(idx)} "
             f"eigenpairs: {', '.join(bad)}; tolerance {tol:.1e} x {scale:.3g}. "
-            "Raise num_steps/max_steps (or tol) for reliable values.",
+            "Raise n_steps/max_steps (or tol) for reliable values.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -265,8 +265,8 @@ def compute_eigenpairs(
         residuals=residuals.cpu().numpy(),
         converged=converged.cpu().numpy(),
         ends=tuple(ends),
-        num_steps=run.num_steps,
-        num_matvecs=matvecs,
+        n_steps=run.n_steps,
+        n_matvecs=matvecs,
         tol=float(tol),
         seed=seed,
         param_names=tuple(getattr(op, "param_names", ())),

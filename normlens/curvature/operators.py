@@ -23,158 +23,23 @@ on detached copies of the parameters, in eval mode, with the RNG state restored.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from normlens.losses import logits_loss
-from normlens.sites import clean_name, is_norm_module
-from normlens.curvature.hygiene import check_train_mode, eval_mode, rng_preserved
+from normlens.losses import logits_loss, model_logits, next_token_loss
+from normlens.parameters import ParamInfo, ParamSelector, select_parameters
+from normlens.hygiene import check_train_mode, eval_mode, rng_preserved
 from normlens.curvature.results import unflatten
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
 
 METHODS = ("auto", "double_backward", "forward_over_reverse")
-
-
-# ----------------------------------------------------------------- losses
-
-def lm_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Model outputs for next-token prediction: (batch, pos, d_vocab) logits."""
-    if (
-        not isinstance(tokens, torch.Tensor)
-        or tokens.dim() != 2
-        or tokens.shape[1] < 2
-        or tokens.is_floating_point()
-    ):
-        got = (
-            f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor)
-            else type(tokens).__name__
-        )
-        raise ValueError(
-            f"the default language-model loss needs (batch, pos) int64 tokens with pos >= 2, "
-            f"got {got}; pass loss_fn=... for other data"
-        )
-    return model(tokens)
-
-
-lm_loss_from_logits = logits_loss  # mean next-token cross-entropy of (batch, pos, d_vocab) logits
-
-
-def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``model`` on (batch, pos) tokens (the default loss)."""
-    return lm_loss_from_logits(lm_logits(model, tokens), tokens)
-
-
-# ------------------------------------------------------- parameter subsets
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """One parameter: ``key`` for functional_call, ``name`` to show, every alias."""
-
-    key: str
-    name: str
-    aliases: tuple[str, ...]
-    shape: tuple[int, ...]
-    in_norm: bool
-
-
-def describe_parameters(model: nn.Module) -> list[ParamInfo]:
-    """Every trainable parameter once, with readable names.
-
-    TransformerLens bridges wrap modules as ``_original_component``; the shown
-    name drops that, giving e.g. ``blocks.0.attn.q.weight``. A pattern matches
-    if it matches any alias of the parameter.
-    """
-    aliases: dict[int, list[str]] = {}
-    in_norm: dict[int, bool] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for param_name, param in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            aliases.setdefault(id(param), [])
-            if clean_name(full) not in aliases[id(param)]:
-                aliases[id(param)].append(clean_name(full))
-            in_norm[id(param)] = in_norm.get(id(param), False) or is_norm_module(module)
-    infos = []
-    for key, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        names = aliases.get(id(param), [])
-        cleaned = clean_name(key)
-        if cleaned not in names:
-            names.append(cleaned)
-        infos.append(
-            ParamInfo(key, names[0], tuple(names), tuple(param.shape), in_norm.get(id(param), False))
-        )
-    return infos
-
-
-_PRESETS: dict[str, Callable[[ParamInfo], bool]] = {
-    "all": lambda info: True,
-    "norms": lambda info: info.in_norm,
-    "weights": lambda info: len(info.shape) >= 2,
-    "attn": lambda info: any(re.search(r"(^|\.)attn\.", a) for a in info.aliases),
-    "mlp": lambda info: any(re.search(r"(^|\.)mlp\.", a) for a in info.aliases),
-}
-
-PRESETS = tuple(_PRESETS)
-
-
-def layer_pattern(layer: int) -> str:
-    """Regex selecting every parameter of block ``layer``."""
-    return rf"^blocks\.{layer}\."
-
-
-def select_parameters(model: nn.Module, params: ParamSelector = None, *,
-                      allow_empty: bool = False) -> list[ParamInfo]:
-    """The parameters a curvature operator differentiates with respect to.
-
-    Args:
-        params: None (all trainable), a preset ("all", "norms", "weights",
-            "attn", "mlp"), a regular expression searched in each parameter's
-            names (e.g. ``r"^blocks\\.0\\."``, see :func:`layer_pattern`), a list
-            of those (union), or a predicate ``f(name, parameter) -> bool``.
-        allow_empty: return [] instead of raising when nothing matches.
-    """
-    infos = describe_parameters(model)
-    if not infos:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    if params is None:
-        return infos
-    by_key = dict(model.named_parameters())
-    if callable(params):
-        chosen = [info for info in infos if params(info.name, by_key[info.key])]
-    else:
-        selectors = [params] if isinstance(params, str) else list(params)
-        if not selectors or not all(isinstance(s, str) for s in selectors):
-            raise TypeError(
-                f"params must be None, a string, a list of strings or a predicate, got {params!r}"
-            )
-        tests = []
-        for selector in selectors:
-            preset = _PRESETS.get(selector)
-            if preset is None:
-                try:
-                    regex = re.compile(selector)
-                except re.error as err:
-                    raise ValueError(f"params pattern {selector!r} is not a valid regex: {err}") from None
-                preset = lambda info, regex=regex: any(regex.search(a) for a in info.aliases)  # noqa: E731
-            tests.append(preset)
-        chosen = [info for info in infos if any(test(info) for test in tests)]
-    if not chosen and not allow_empty:
-        examples = ", ".join(info.name for info in infos[:6])
-        raise ValueError(
-            f"params={params!r} matches no trainable parameter of {type(model).__name__}; "
-            f"presets are {PRESETS}, names look like: {examples}, ..."
-        )
-    return chosen
 
 
 # -------------------------------------------------------------- batches
@@ -243,7 +108,7 @@ class CurvatureOperator:
     parameters are copied when the operator is built: it is the curvature at
     those weights even if the model changes later.
     Attributes: ``shape`` (n, n), ``dtype``, ``device``, ``param_names``,
-    ``param_shapes``, ``num_matvecs`` (products so far, per vector).
+    ``param_shapes``, ``n_matvecs`` (products so far, per vector).
     """
 
     accepts_blocks = True  # ``op @ V`` takes an (n, m) block: each batch's forward runs once for it
@@ -283,7 +148,7 @@ class CurvatureOperator:
         self._sizes = [t.numel() for t in self._theta]
         n = sum(self._sizes)
         self.shape = (n, n)
-        self.num_matvecs = 0
+        self.n_matvecs = 0
 
     # -- flat <-> parameter-shaped
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -332,7 +197,7 @@ class CurvatureOperator:
                 if weight == 0:
                     continue
                 total += weight * self._batch_products(batch, columns, index)
-        self.num_matvecs += columns.shape[0]
+        self.n_matvecs += columns.shape[0]
         return total.T.reshape(vectors.shape), sum(self.weights)
 
     def __matmul__(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -389,7 +254,7 @@ class HessianOperator(CurvatureOperator):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
-        self.loss_fn = loss_fn or lm_loss
+        self.loss_fn = loss_fn or next_token_loss
         self.method = method
         # One batch: keep the gradient's graph, so a product is one backward pass
         # (the graph holds the activations; pass keep_graph=False to save memory).
@@ -513,8 +378,8 @@ class GGNOperator(CurvatureOperator):
         train_mode: str = "eval",
     ):
         super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
-        self.output_fn = output_fn or lm_logits
-        self.output_loss_fn = output_loss_fn or lm_loss_from_logits
+        self.output_fn = output_fn or model_logits
+        self.output_loss_fn = output_loss_fn or logits_loss
         self.method = "ggn"
         with torch.no_grad(), eval_mode(model), rng_preserved(self.device):
             outputs = self._call(self.output_fn, self._theta, self.batches[0])

@@ -82,7 +82,7 @@ class EigenResult(_Saveable):
         residuals: (k,) ||H v - lambda v|| for every pair.
         converged: (k,) residual <= tol * max|lambda|.
         ends: per pair "largest" or "smallest".
-        num_steps: Lanczos steps taken; num_matvecs: operator products used.
+        n_steps: Lanczos steps taken; n_matvecs: operator products used.
         param_names / param_shapes: how a flat vector maps onto the parameters
             (empty for a plain matrix).
     """
@@ -92,8 +92,8 @@ class EigenResult(_Saveable):
     residuals: np.ndarray
     converged: np.ndarray
     ends: tuple[str, ...]
-    num_steps: int
-    num_matvecs: int
+    n_steps: int
+    n_matvecs: int
     tol: float
     seed: int
     param_names: tuple[str, ...] = ()
@@ -134,7 +134,7 @@ class TraceResult(_Saveable):
     estimate: float
     std_error: float
     method: str
-    num_matvecs: int
+    n_matvecs: int
     n: int
     seed: int
     samples: np.ndarray
@@ -147,7 +147,7 @@ class DensityResult(_Saveable):
 
     Attributes:
         grid: (G,) eigenvalue axis; density: (G,) Gaussian-smoothed density on it.
-        nodes: (num_probes, num_steps) Ritz values; weights: same shape, squared
+        nodes: (n_probes, n_steps) Ritz values; weights: same shape, squared
             first components of the Ritz vectors, each row summing to 1.
         sigma: width of the Gaussian kernel.
     """
@@ -158,14 +158,14 @@ class DensityResult(_Saveable):
     weights: np.ndarray
     sigma: float
     n: int
-    num_probes: int
-    num_steps: int
+    n_probes: int
+    n_steps: int
     seed: int
 
     @property
     def node_weights(self) -> np.ndarray:
-        """Quadrature weights of all nodes, summing to 1: weights / num_probes."""
-        return self.weights / self.num_probes
+        """Quadrature weights of all nodes, summing to 1: weights / n_probes."""
+        return self.weights / self.n_probes
 
     @property
     def integral(self) -> float:
@@ -207,7 +207,7 @@ class WeightSpectraResult(_Saveable):
         names / shapes: one entry per matrix.
         eigenvalues: all matrices' eigenvalues concatenated; ``offsets`` (M + 1,)
             delimit them (use :meth:`eigenvalues_of`).
-        alphas, xmins, ks_distances, num_tail: the power-law tail fit per matrix
+        alphas, xmins, ks_distances, n_tail: the power-law tail fit per matrix
             (p(x) ~ x^-alpha for x >= xmin; Kolmogorov-Smirnov distance).
         farms: whether the FARMS fixed-aspect-ratio submatrix ESD was used.
         aspect_ratio: rows/cols of the FARMS submatrices (0 when not used).
@@ -220,7 +220,7 @@ class WeightSpectraResult(_Saveable):
     alphas: np.ndarray
     xmins: np.ndarray
     ks_distances: np.ndarray
-    num_tail: np.ndarray
+    n_tail: np.ndarray
     farms: bool
     aspect_ratio: float
 
@@ -238,7 +238,7 @@ class WeightSpectraResult(_Saveable):
                 "alpha": self.alphas,
                 "xmin": self.xmins,
                 "ks_distance": self.ks_distances,
-                "num_tail": self.num_tail,
+                "n_tail": self.n_tail,
             }
         )
 
@@ -248,24 +248,24 @@ class BlockSpectrumResult(_Saveable):
     """Top Hessian eigenvalue restricted to each parameter block of one model.
 
     Attributes:
-        blocks: block labels, e.g. "blocks.0.attn"; num_params: (B,) their sizes.
+        blocks: block labels, e.g. "blocks.0.attn"; n_params: (B,) their sizes.
         top_eigenvalues: (B,) largest eigenvalue of the block's Hessian (NaN if
             the model diverged); residuals: (B,) ||Hv - lambda v||.
     """
 
     model: str
     blocks: tuple[str, ...]
-    num_params: np.ndarray
+    n_params: np.ndarray
     top_eigenvalues: np.ndarray
     residuals: np.ndarray
-    num_steps: int
+    n_steps: int
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
             {
                 "model": self.model,
                 "block": list(self.blocks),
-                "num_params": self.num_params,
+                "n_params": self.n_params,
                 "top_eigenvalue": self.top_eigenvalues,
                 "residual": self.residuals,
             }

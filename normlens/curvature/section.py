@@ -18,7 +18,7 @@ import torch
 
 from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
 from normlens.curvature.density import estimate_density
-from normlens.curvature.hygiene import preserved_state
+from normlens.hygiene import preserved_state
 from normlens.curvature.lanczos import compute_eigenpairs
 from normlens.curvature.operators import HessianOperator
 from normlens.curvature.results import BlockSpectrumResult, DensityResult, EigenResult
@@ -80,12 +80,12 @@ def _build(study: ZooStudy, start: float) -> ReportSection:
         try:
             with preserved_state(model):
                 op = HessianOperator(model, tokens, method="double_backward")
-                e = compute_eigenpairs(op, TOP_K, num_steps=TOP_STEPS, max_steps=TOP_STEPS,
+                e = compute_eigenpairs(op, TOP_K, n_steps=TOP_STEPS, max_steps=TOP_STEPS,
                                        seed=study.seed, warn=False)
-                d = estimate_density(op, num_probes=1, num_steps=DENSITY_STEPS, seed=study.seed)
+                d = estimate_density(op, n_probes=1, n_steps=DENSITY_STEPS, seed=study.seed)
                 n_layers = getattr(model.cfg, "n_layers", 0)
                 b = compute_block_spectra(model, tokens, blocks=_blocks(n_layers),
-                                          num_steps=BLOCK_STEPS, seed=study.seed, name=name)
+                                          n_steps=BLOCK_STEPS, seed=study.seed, name=name)
         except FloatingPointError as err:
             notes.append(f"{name}: {err}")
             rows.append({"model": name, "status": "non-finite loss"})

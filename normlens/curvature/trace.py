@@ -30,13 +30,13 @@ def _rademacher(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def estimate_trace(
-    op: Any, num_matvecs: int = 60, *, method: str = "hutch++", seed: int = 0
+    op: Any, n_matvecs: int = 60, *, method: str = "hutch++", seed: int = 0
 ) -> TraceResult:
-    """Estimate tr(A) of a symmetric operator with ``num_matvecs`` products.
+    """Estimate tr(A) of a symmetric operator with ``n_matvecs`` products.
 
     Args:
         op: an (n, n) tensor or operator with ``shape``/``@``.
-        num_matvecs: products to spend (Hutch++ needs at least 3 and uses a
+        n_matvecs: products to spend (Hutch++ needs at least 3 and uses a
             multiple of 3: m/3 for the sketch, m/3 to project, m/3 for the rest).
         method: "hutch++" (default) or "hutchinson".
         seed: seeds the random probes.
@@ -55,30 +55,30 @@ def estimate_trace(
     generator = torch.Generator().manual_seed(seed)
     device = _op_device(op)
     if method == "hutchinson":
-        if num_matvecs < 2:
-            raise ValueError(f"Hutchinson needs num_matvecs >= 2 for a standard error, got {num_matvecs}")
-        probes = _rademacher(n, num_matvecs, generator).to(device)
+        if n_matvecs < 2:
+            raise ValueError(f"Hutchinson needs n_matvecs >= 2 for a standard error, got {n_matvecs}")
+        probes = _rademacher(n, n_matvecs, generator).to(device)
         samples = (probes * apply_columns(op, probes)).sum(0).cpu().numpy()  # v_i^T A v_i
         return TraceResult(
             estimate=float(samples.mean()),
             std_error=float(samples.std(ddof=1) / math.sqrt(len(samples))),
-            method=method, num_matvecs=num_matvecs, n=n, seed=seed, samples=samples,
+            method=method, n_matvecs=n_matvecs, n=n, seed=seed, samples=samples,
         )
 
-    third = num_matvecs // 3
+    third = n_matvecs // 3
     if third < 1:
-        raise ValueError(f"Hutch++ needs num_matvecs >= 3, got {num_matvecs}")
+        raise ValueError(f"Hutch++ needs n_matvecs >= 3, got {n_matvecs}")
     sketch = min(third, n)
     S = _rademacher(n, sketch, generator).to(device)  # (n, sketch)
     Q, _ = torch.linalg.qr(apply_columns(op, S))  # (n, sketch) orthonormal basis of range(A S)
     exact = float(torch.trace(Q.T @ apply_columns(op, Q)))  # tr(Q^T A Q)
     used = 2 * sketch
-    remaining = num_matvecs - used
+    remaining = n_matvecs - used
     if sketch >= n or remaining < 2:
         # Q spans the whole space (or no products left): the exact part is the trace.
         return TraceResult(
             estimate=exact, std_error=0.0 if sketch >= n else math.nan, method=method,
-            num_matvecs=used, n=n, seed=seed, samples=np.zeros(0), exact_part=exact,
+            n_matvecs=used, n=n, seed=seed, samples=np.zeros(0), exact_part=exact,
         )
     G = _rademacher(n, remaining, generator).to(device)
     G = G - Q @ (Q.T @ G)  # (I - QQ^T) G, (n, remaining)
@@ -86,5 +86,5 @@ def estimate_trace(
     return TraceResult(
         estimate=exact + float(samples.mean()),
         std_error=float(samples.std(ddof=1) / math.sqrt(len(samples))),
-        method=method, num_matvecs=num_matvecs, n=n, seed=seed, samples=samples, exact_part=exact,
+        method=method, n_matvecs=n_matvecs, n=n, seed=seed, samples=samples, exact_part=exact,
     )

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from normlens.curvature.operators import ParamSelector, select_parameters
+from normlens.parameters import ParamSelector, select_parameters
 from normlens.curvature.results import WeightSpectraResult
 
 
@@ -140,7 +140,7 @@ def compute_weight_spectra(
         alphas=np.array([f[0] for f in fits]),
         xmins=np.array([f[1] for f in fits]),
         ks_distances=np.array([f[2] for f in fits]),
-        num_tail=np.array([f[3] for f in fits], dtype=np.int64),
+        n_tail=np.array([f[3] for f in fits], dtype=np.int64),
         farms=farms,
         aspect_ratio=float(aspect_ratio) if farms else 0.0,
     )

@@ -43,7 +43,7 @@ def tile_elements() -> int:
     return _INTERPRETER_TILE if interpreting() else _GPU_TILE
 
 
-def num_programs_hint(device: torch.device) -> int:
+def n_programs_hint(device: torch.device) -> int:
     """Programs that fill the device: 4 x SMs on a GPU, a handful when interpreted."""
     if interpreting() or device.type != "cuda":
         return 4
@@ -136,7 +136,7 @@ class RowTiling:
 
     ``one_pass``: a row fits one BLOCK_N block; otherwise columns are looped
     in chunks of BLOCK_N. ``block_m`` rows per tile. For the backward,
-    ``num_row_groups`` programs along the rows each own ``rows_per_group``
+    ``n_row_groups`` programs along the rows each own ``rows_per_group``
     rows (a multiple of ``block_m``) and write one partial sum of the
     parameter gradients: no atomics, a fixed summation order.
     """
@@ -145,10 +145,10 @@ class RowTiling:
     block_n: int
     one_pass: bool
     num_warps: int
-    num_row_groups: int
+    n_row_groups: int
     rows_per_group: int
 
-    def num_col_chunks(self, n: int) -> int:
+    def n_col_chunks(self, n: int) -> int:
         """Programs along the columns: 1 in one pass, else one per chunk."""
         return 1 if self.one_pass else -(-n // self.block_n)
 
@@ -161,12 +161,12 @@ def row_tiling(
     max_one_pass: int = MAX_ONE_PASS_N,
     chunk: int | None = None,
     block_m: int | None = None,
-    num_row_groups: int | None = None,
+    n_row_groups: int | None = None,
     backward: bool = False,
 ) -> RowTiling:
     """Choose block sizes and the number of row groups for an (m, n) row-wise op.
 
-    ``max_one_pass``, ``chunk``, ``block_m`` and ``num_row_groups`` can be
+    ``max_one_pass``, ``chunk``, ``block_m`` and ``n_row_groups`` can be
     forced (tests use them to reach the looped path and several row groups
     with tiny tensors).
     """
@@ -176,9 +176,9 @@ def row_tiling(
         block_m = max(1, min(next_power_of_2(m), tile_elements() // block_n)) if one_pass else 1
     block_m = next_power_of_2(block_m)
     n_tiles = max(1, -(-m // block_m))
-    groups = num_row_groups
+    groups = n_row_groups
     if groups is None:
-        groups = num_programs_hint(device)
+        groups = n_programs_hint(device)
         if not one_pass:
             groups //= -(-n // block_n)  # the column chunks also make programs
     groups = max(1, min(groups, n_tiles))
@@ -189,6 +189,6 @@ def row_tiling(
         block_n=block_n,
         one_pass=one_pass,
         num_warps=(num_warps_bwd if backward else num_warps_for)(block_m * block_n),
-        num_row_groups=groups,
+        n_row_groups=groups,
         rows_per_group=tiles_per_group * block_m,
     )

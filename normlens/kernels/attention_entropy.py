@@ -3,7 +3,7 @@
 For query i with scores s_j = scale · q_i·k_j over the keys it may see,
 p_j = softmax(s)_j and H_i = -Σ_j p_j log p_j. With m = max s_j,
 l = Σ exp(s_j - m) and t = Σ exp(s_j - m)·s_j, H = m + log l - t/l
-(REFERENCES.md). The kernel keeps (m, l, t) per query and updates them key
+(online softmax, Milakov & Gimelshein 2018). The kernel keeps (m, l, t) per query and updates them key
 block by key block (online softmax), so the scores never leave registers.
 
 It keeps t shifted by the running max, t' = Σ exp(s_j - m)(s_j - m), so

@@ -171,7 +171,7 @@ def dyt_backward(
     need_bias_grad: bool,
     chunk: int | None = None,
     block_m: int | None = None,
-    num_row_groups: int | None = None,
+    n_row_groups: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the DyT backward.
 
@@ -191,8 +191,8 @@ def dyt_backward(
     bm, bn = _blocks(m, n, chunk, block_m)
     # DyT's own tiles (no one-pass limit), row groups as for LN/RMS
     tiling = row_tiling(m, n, x.device, max_one_pass=bn, chunk=bn, block_m=bm,
-                        num_row_groups=num_row_groups, backward=True)
-    groups, rows_per_group, n_chunks = tiling.num_row_groups, tiling.rows_per_group, tiling.num_col_chunks(n)
+                        n_row_groups=n_row_groups, backward=True)
+    groups, rows_per_group, n_chunks = tiling.n_row_groups, tiling.rows_per_group, tiling.n_col_chunks(n)
     dw_part = torch.empty((groups, n), dtype=torch.float32, device=x.device)
     da_part = torch.empty_like(dw_part)
     db_part = torch.empty_like(dw_part) if need_bias_grad else dw_part

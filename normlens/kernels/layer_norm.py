@@ -303,7 +303,7 @@ def norm_backward(
     max_one_pass: int = MAX_ONE_PASS_N_BWD,
     chunk: int | None = None,
     block_m: int | None = None,
-    num_row_groups: int | None = None,
+    n_row_groups: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward. Returns dx (x.shape, x.dtype), dw (weight.dtype), db (weight.dtype or None)."""
     n = x.shape[-1]
@@ -319,7 +319,7 @@ def norm_backward(
         return dx.view(x.shape), dw, (torch.zeros_like(weight) if need_bias_grad else None)
     t = row_tiling(
         m, n, x.device, max_one_pass=max_one_pass, chunk=chunk,
-        block_m=block_m, num_row_groups=num_row_groups, backward=True,
+        block_m=block_m, n_row_groups=n_row_groups, backward=True,
     )
     if t.one_pass:
         c1 = c2 = rstd1  # unused
@@ -331,9 +331,9 @@ def norm_backward(
             m, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
             IS_RMS=rms, BLOCK_N=t.block_n, num_warps=t.num_warps,
         )
-    dw_part = torch.empty((t.num_row_groups, n), dtype=torch.float32, device=x.device)
+    dw_part = torch.empty((t.n_row_groups, n), dtype=torch.float32, device=x.device)
     db_part = torch.empty_like(dw_part) if need_bias_grad else dw_part
-    grid = (t.num_row_groups, t.num_col_chunks(n))
+    grid = (t.n_row_groups, t.n_col_chunks(n))
     _norm_bwd_kernel[grid](
         x2, dy2, weight, mean1, rstd1, c1, c2, dx, dw_part, db_part,
         m, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), t.rows_per_group,

@@ -63,7 +63,7 @@ def top_hessian_eigenpairs(model: nn.Module, params: Params, eval_items: torch.T
     with eval_mode(model):
         op = hessian_operator(model, eval_items, names, objective, items_per_batch)
         steps = n_steps if n_steps is not None else max(2 * k + 20, 30)
-        eigen = compute_eigenpairs(op, k, num_steps=steps, max_steps=steps, seed=seed,
+        eigen = compute_eigenpairs(op, k, n_steps=steps, max_steps=steps, seed=seed,
                                    exact_residuals=False, warn=False)
     keys = _keys(op, model)
     eigvecs = []

@@ -2,7 +2,8 @@
 
 For query i with scores s_j = q_i . k_j / sqrt(d_head) over the keys it may see,
 p_j = softmax(s)_j and H_i = -sum_j p_j log p_j. With m = max_j s_j,
-l = sum_j exp(s_j - m) and t = sum_j exp(s_j - m) s_j (REFERENCES.md):
+l = sum_j exp(s_j - m) and t = sum_j exp(s_j - m) s_j (the online-softmax
+accumulators of Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"):
 
     H = m + log l - t / l
 
@@ -13,7 +14,7 @@ H = log l - u / l, u' = exp(m - m') (u + l (m - m'))), which avoids the
 cancellation of m against t / l in float32. Queries are processed in blocks
 too, so at most (batch, heads, q_block, k_block) scores exist at a time.
 
-Normalized entropy is H / log(n_visible) in [0, 1] (REFERENCES.md). Rows with
+Normalized entropy is H / log(n_visible) in [0, 1] (the maximum under a mask). Rows with
 at most one visible key carry no choice: H = 0, and their normalized entropy is
 defined as 0 and left out of the per-head means. Fully masked rows (padding
 queries) get H = 0 and are left out of every mean. "Entropic overload" (ReLU's

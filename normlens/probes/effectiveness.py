@@ -1,6 +1,7 @@
 """Layer effectiveness: angular distances, loss when a block is skipped, gradient norms.
 
-* Angular distance ("The Curse of Depth in LLMs", REFERENCES.md):
+* Angular distance (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers";
+  Sun et al. 2025, "The Curse of Depth in Large Language Models"):
   d(h_a, h_b) = arccos(cos_sim(h_a, h_b)) / pi in [0, 1], averaged over tokens,
   between every pair of residual-stream points (depth 0 = embeddings, depth l =
   after block l-1). The (l, l+1) entries are each block's input vs output.

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev
 
 import normlens
-from normlens.curvature.operators import lm_loss_from_logits, select_parameters
+from normlens.losses import logits_loss
+from normlens.parameters import select_parameters
 
 ZOO_KW = dict(n_layers=1, d_model=8, n_heads=2, n_ctx=8, d_vocab=16, d_mlp=16)
 
@@ -116,7 +117,7 @@ def symmetric(eigenvalues, seed: int = 0) -> torch.Tensor:
 
 
 def zoo_loss_of_call(tokens):
-    return lambda call: lm_loss_from_logits(call(tokens), tokens)
+    return lambda call: logits_loss(call(tokens), tokens)
 
 
 def mlp_loss_of_call(batch):

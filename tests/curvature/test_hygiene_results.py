@@ -54,9 +54,9 @@ def test_analyses_leave_a_training_zoo_model_untouched():
     np.random.seed(5)
     random.seed(7)
     op = HessianOperator(model, tokens)
-    compute_eigenpairs(op, 2, num_steps=8, max_steps=8, warn=False)
+    compute_eigenpairs(op, 2, n_steps=8, max_steps=8, warn=False)
     estimate_trace(op, 6)
-    estimate_density(op, num_probes=1, num_steps=5)
+    estimate_density(op, n_probes=1, n_steps=5)
     _assert_same(model, snap)
     assert torch.equal(torch.rand(3), expected[0])
     assert np.random.rand() == expected[1] and random.random() == expected[2]
@@ -109,13 +109,13 @@ def test_results_round_trip(tmp_path):
     back = EigenResult.load(tmp_path / "eig.npz")
     np.testing.assert_array_equal(back.eigenvalues, eig.eigenvalues)
     np.testing.assert_array_equal(back.eigenvectors, eig.eigenvectors)
-    assert back.ends == eig.ends and back.num_steps == eig.num_steps
+    assert back.ends == eig.ends and back.n_steps == eig.n_steps
     with pytest.raises(ValueError):
         back.eigenvalues[0] = 1.0  # read-only
     tr = estimate_trace(A, 9, method="hutchinson")
     tr.save(tmp_path / "tr.npz")
     assert TraceResult.load(tmp_path / "tr.npz").estimate == tr.estimate
-    d = estimate_density(A, num_probes=2, num_steps=10)
+    d = estimate_density(A, n_probes=2, n_steps=10)
     d.save(tmp_path / "d.npz")
     assert DensityResult.load(tmp_path / "d.npz").kh == d.kh
     ws = compute_weight_spectra(nn.Linear(20, 10))
@@ -125,7 +125,7 @@ def test_results_round_trip(tmp_path):
     with pytest.raises(ValueError, match="TraceResult"):
         EigenResult.load(tmp_path / "tr.npz")
     model, tokens = make_zoo("ln"), zoo_tokens(2)
-    r = compute_eigenpairs(HessianOperator(model, tokens), 1, num_steps=6, max_steps=6, warn=False)
+    r = compute_eigenpairs(HessianOperator(model, tokens), 1, n_steps=6, max_steps=6, warn=False)
     r.save(tmp_path / "m.npz")
     params = EigenResult.load(tmp_path / "m.npz").eigenvector_params(0)
     assert params["blocks.0.attn.q.weight"].shape == (8, 8)

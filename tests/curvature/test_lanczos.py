@@ -36,8 +36,8 @@ def test_breakdown_on_low_rank_matrix_still_finds_all():
 def test_too_few_steps_warns_and_reports_residuals():
     A = symmetric(np.linspace(1.0, 2.0, 300))  # clustered spectrum: slow convergence
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        r = compute_eigenpairs(A, 5, num_steps=30, max_steps=30)
-    assert not r.all_converged and r.num_steps == 30
+        r = compute_eigenpairs(A, 5, n_steps=30, max_steps=30)
+    assert not r.all_converged and r.n_steps == 30
     assert r.residuals.shape == (5,)
 
 
@@ -63,7 +63,7 @@ def test_zoo_top5_float64_matches_dense(zoo_dense, norm):
     exact = torch.linalg.eigvalsh(H).flip(0)[:5].numpy()
     np.testing.assert_allclose(r.eigenvalues, exact, rtol=1e-4)
     assert np.all(np.diff(r.eigenvalues) <= 0)
-    assert r.num_steps >= 2 * 5 + 20
+    assert r.n_steps >= 2 * 5 + 20
     # eigenvectors as parameter-shaped tensors
     first = r.eigenvector_params(0)
     assert list(first) == list(op.param_names)

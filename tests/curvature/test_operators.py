@@ -12,7 +12,7 @@ from curvature_helpers import (
 from normlens.curvature import (
     GGNOperator, HessianOperator, compute_eigenpairs, layer_pattern, select_parameters,
 )
-from normlens.curvature.operators import lm_loss_from_logits
+from normlens.losses import logits_loss
 
 
 @pytest.mark.parametrize("method", ["double_backward", "forward_over_reverse"])
@@ -57,7 +57,7 @@ def test_ggn_matches_dense_ggn_mlp():
 
 def test_ggn_matches_dense_ggn_zoo_subset():
     model, tokens = make_zoo("rms"), zoo_tokens(2)
-    G = dense_ggn(model, lambda call: call(tokens), lambda z: lm_loss_from_logits(z, tokens), "attn")
+    G = dense_ggn(model, lambda call: call(tokens), lambda z: logits_loss(z, tokens), "attn")
     op = GGNOperator(model, tokens, params="attn")
     # the selection, independently of select_parameters (which the dense reference also uses)
     assert op.shape[0] == sum(p.numel() for n, p in model.named_parameters() if ".attn." in n) > 0

@@ -19,7 +19,7 @@ def test_trace_within_three_standard_errors_dense(method):
     r = estimate_trace(A, 60, method=method, seed=3)
     assert r.std_error > 0
     assert abs(r.estimate - spectrum.sum()) <= 3 * r.std_error
-    assert r.num_matvecs == 60
+    assert r.n_matvecs == 60
 
 
 def test_hutchpp_beats_hutchinson_on_a_dominated_spectrum():
@@ -77,7 +77,7 @@ def test_several_batches_run_each_forward_once_per_block():
         r = estimate_trace(op, 6, method="hutchinson", seed=0)
     finally:
         handle.remove()
-    assert len(forwards) == 2 and r.num_matvecs == 6  # 12 when applied column by column
+    assert len(forwards) == 2 and r.n_matvecs == 6  # 12 when applied column by column
     H = dense_hessian(model, lambda call: sum(mlp_loss_of_call(b)(call) for b in batches) / 2)
     probes = torch.randint(0, 2, (H.shape[0], 6), generator=torch.Generator().manual_seed(0),
                            dtype=torch.float64) * 2 - 1
@@ -94,7 +94,7 @@ def test_trace_bad_arguments():
 def test_density_full_lanczos_recovers_the_spectrum():
     spectrum = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 4.0])
     A = symmetric(spectrum)
-    d = estimate_density(A, num_probes=3, num_steps=6, sigma=0.05, seed=0)
+    d = estimate_density(A, n_probes=3, n_steps=6, sigma=0.05, seed=0)
     np.testing.assert_allclose(np.sort(d.nodes, axis=1), np.tile(spectrum, (3, 1)), atol=1e-10)
     np.testing.assert_allclose(d.weights.sum(1), 1.0, atol=1e-12)
     assert d.integral == pytest.approx(1.0, abs=1e-6)
@@ -105,13 +105,13 @@ def test_density_full_lanczos_recovers_the_spectrum():
 def test_kh_of_a_hand_built_quadrature():
     # Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 = (0.5 * 2) / (0.5 * 1) = 2
     one = DensityResult(grid=np.zeros(1), density=np.zeros(1), nodes=np.array([[-4.0, 1.0]]),
-                        weights=np.array([[0.5, 0.5]]), sigma=1.0, n=2, num_probes=1, num_steps=2, seed=0)
+                        weights=np.array([[0.5, 0.5]]), sigma=1.0, n=2, n_probes=1, n_steps=2, seed=0)
     assert one.kh == pytest.approx(2.0)
     # two probes pooled: node weights w / 2 = .25 .25 .125 .375 at nodes -4 1 -1 4;
     # (0.25 * 2 + 0.125 * 1) / (0.25 * 1 + 0.375 * 2) = 0.625 / 1.0
     two = DensityResult(grid=np.zeros(1), density=np.zeros(1), nodes=np.array([[-4.0, 1.0], [-1.0, 4.0]]),
-                        weights=np.array([[0.5, 0.5], [0.25, 0.75]]), sigma=1.0, n=2, num_probes=2,
-                        num_steps=2, seed=0)
+                        weights=np.array([[0.5, 0.5], [0.25, 0.75]]), sigma=1.0, n=2, n_probes=2,
+                        n_steps=2, seed=0)
     assert two.kh == pytest.approx(0.625)
 
 
@@ -120,7 +120,7 @@ def test_density_of_model_hessian_integrates_to_one_with_mean_trace_over_n():
     H = dense_hessian(model, mlp_loss_of_call(batch))
     op = HessianOperator(model, batch, mlp_loss)
     n = op.shape[0]
-    d = estimate_density(op, num_probes=30, num_steps=20, seed=0)
+    d = estimate_density(op, n_probes=30, n_steps=20, seed=0)
     assert d.integral == pytest.approx(1.0, abs=1e-5)
     grid_mean = float(np.trapezoid(d.grid * d.density, d.grid))
     assert grid_mean == pytest.approx(d.mean, rel=1e-4, abs=1e-9)

@@ -18,7 +18,7 @@ from normlens.kernels.config import is_available  # noqa: E402
 if not is_available():  # pragma: no cover - depends on the machine
     collect_ignore_glob = ["test_*.py"]
 
-# "our error <= 2 x torch's own same-dtype error + atol·max(1, |ref|)" (REFERENCES.md)
+# "our error <= 2 x torch's own same-dtype error + atol·max(1, |ref|)" (the tolerance rule of fused-kernel test suites such as Liger-Kernel's)
 ATOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}
 
 

@@ -67,7 +67,7 @@ def test_tanh_is_accurate_near_zero_and_saturates():
 
 def test_row_groups_and_column_chunks():
     x, a, w, b, dy = _inputs((11, 300), torch.float32, seed=2)
-    tiling = dict(chunk=128, block_m=2, num_row_groups=3)
+    tiling = dict(chunk=128, block_m=2, n_row_groups=3)
     grads = dyt_backward(dy, x, a, w, need_bias_grad=True, **tiling)
     _, grads_r = _run(reference.dyt, (x.double(), a.double(), w.double(), b.double()), dy.double())
     for ours, ref in zip(grads, grads_r):
@@ -79,7 +79,7 @@ def test_row_groups_and_column_chunks():
 @needs_gpu
 def test_row_groups_backward_is_deterministic():
     x, a, w, b, dy = (t.cuda() for t in _inputs((11, 300), torch.float32, seed=2))
-    tiling = dict(chunk=128, block_m=2, num_row_groups=3)
+    tiling = dict(chunk=128, block_m=2, n_row_groups=3)
     out = [dyt_backward(dy, x, a, w, need_bias_grad=True, **tiling) for _ in range(2)]
     for first, second in zip(*out):
         assert torch.equal(first, second)

@@ -106,7 +106,7 @@ def test_looped_path_and_row_groups_match_reference(rms):
     tiling = dict(max_one_pass=256, chunk=128)
     y, mean, rstd = norm_forward(x, w, bias, 1e-5, rms=rms, **tiling)
     dx, dw, db = norm_backward(
-        dy, x, w, mean, rstd, rms=rms, need_bias_grad=not rms, block_m=2, num_row_groups=3, **tiling
+        dy, x, w, mean, rstd, rms=rms, need_bias_grad=not rms, block_m=2, n_row_groups=3, **tiling
     )
     ref_fn = (lambda x_, w_: reference.rms_norm(x_, w_, 1e-5)) if rms else (
         lambda x_, w_, b_: reference.layer_norm(x_, w_, b_, 1e-5)
@@ -134,7 +134,7 @@ def test_parameter_gradients_are_deterministic():
     x, w, b, dy = (t.cuda() for t in _inputs((33, 300), torch.float32, seed=4))
     _, mean, rstd = norm_forward(x, w, b, 1e-5, rms=False)
     runs = [
-        norm_backward(dy, x, w, mean, rstd, rms=False, need_bias_grad=True, block_m=4, num_row_groups=4)
+        norm_backward(dy, x, w, mean, rstd, rms=False, need_bias_grad=True, block_m=4, n_row_groups=4)
         for _ in range(2)
     ]
     for a, c in zip(runs[0], runs[1]):
