@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written result or checkpoint."""
+"""Atomic file writes and the readers that go with them: a reader never sees a half-written
+result or checkpoint. Tables go to Parquet or JSON (by suffix), arrays to NPZ, metadata to JSON."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 
 
 def _umask() -> int:
@@ -71,3 +73,36 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+TABLE_FORMATS = (".parquet", ".json")
+
+
+def save_frame(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` to ``path`` (.parquet or .json, records orient) atomically."""
+    path = Path(path)
+    if path.suffix not in TABLE_FORMATS:
+        raise ValueError(f"cannot save a table as {path.suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
+    frame = frame.reset_index(drop=True)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            tmp.write_text(frame.to_json(orient="records", double_precision=15))
+    return path
+
+
+def load_frame(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`save_frame`."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".json":
+        return pd.DataFrame(json.loads(path.read_text()))
+    raise ValueError(f"cannot read a table from {path.suffix!r}; expected one of {', '.join(TABLE_FORMATS)}")
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file written by :func:`write_npz` (no pickled objects)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -37,8 +37,7 @@ import torch
 from normlens import sites as S
 from normlens.probes.attach import BatchContext, ModelInfo, Probe, ProbeError
 from normlens.kernels.reference import visible_keys
-from normlens.probes.results import load_arrays, save_arrays, save_frame, save_meta
-from normlens.io import read_json
+from normlens.io import read_json, read_npz, save_frame, write_json, write_npz
 
 
 @dataclass(frozen=True)
@@ -257,9 +256,9 @@ class AttentionEntropyResult:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         save_frame(self.head_frame(), folder / "attention_heads.parquet")
-        save_arrays(folder / "attention_entropy.npz", {
+        write_npz(folder / "attention_entropy.npz", **{
             k: getattr(self, k) for k in ("entropy_sum", "normalized_sum", "count", "choice_count", "sink_count")})
-        save_meta(folder / "attention_entropy.json", {
+        write_json(folder / "attention_entropy.json", {
             "layers": list(self.layers), "overload_threshold": self.overload_threshold,
             "collapse_threshold": self.collapse_threshold, "sink_threshold": self.sink_threshold,
             "source": self.source, **self.summary()})
@@ -269,7 +268,7 @@ class AttentionEntropyResult:
     def load(cls, folder: str | Path) -> "AttentionEntropyResult":
         folder = Path(folder)
         meta = read_json(folder / "attention_entropy.json")
-        arrays = load_arrays(folder / "attention_entropy.npz")
+        arrays = read_npz(folder / "attention_entropy.npz")
         return cls(tuple(meta["layers"]), arrays["entropy_sum"], arrays["normalized_sum"], arrays["count"],
                    arrays["choice_count"], arrays["sink_count"], meta["overload_threshold"],
                    meta["collapse_threshold"], meta["sink_threshold"], meta["source"])

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlens.io import load_frame, save_frame
 from normlens import sites as S
 from normlens.losses import next_token_loss
-from normlens.probes.results import load_frame, save_frame
 
 
 def _n_layers(model: nn.Module) -> int:

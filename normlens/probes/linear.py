@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlens.io import load_frame, save_frame
 from normlens import sites as S
 from normlens.probes.attach import model_info, resolve_sites
-from normlens.probes.results import load_frame, save_frame
 
 KINDS = ("logistic", "ridge")
 

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlens.io import read_npz, write_npz
 from normlens import sites as S
 from normlens.probes.attach import BatchContext, ModelInfo, Probe
-from normlens.probes.results import load_arrays, save_arrays
 from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult
 
 
@@ -57,11 +57,11 @@ class SCurveResult:
         arrays = {"slots": np.array(self.slots)}
         for i, slot in enumerate(self.slots):
             arrays[f"{i}/in"], arrays[f"{i}/out"] = self.inputs[slot], self.outputs[slot]
-        return save_arrays(Path(folder) / "s_curve.npz", arrays)
+        return write_npz(Path(folder) / "s_curve.npz", **arrays)
 
     @classmethod
     def load(cls, folder: str | Path) -> "SCurveResult":
-        a = load_arrays(Path(folder) / "s_curve.npz")
+        a = read_npz(Path(folder) / "s_curve.npz")
         slots = tuple(str(s) for s in a["slots"])
         return cls(slots, {s: a[f"{i}/in"] for i, s in enumerate(slots)},
                    {s: a[f"{i}/out"] for i, s in enumerate(slots)})

@@ -7,9 +7,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from normlens.io import save_frame
 from normlens.plots.probes import (plot_angular_heatmap, plot_entropy_heatmap, plot_kurtosis_and_massive,
                                    plot_probe_accuracy, plot_residual_growth, plot_s_curve)
-from normlens.probes.results import save_frame
 from normlens.probes.suite import run_probe_suite
 from normlens.report.section import Figure, ReportSection, Table
 

@@ -38,11 +38,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from normlens.io import read_npz, save_frame, write_npz
 from normlens import sites as S
 from normlens.probes.attach import BatchContext, ModelInfo, Probe
 from normlens.probes.moments import Moments
 from normlens.probes.reduce import CHUNK_ELEMENTS, N_HIST_BINS, GroupSums, Workspace, abs_histogram
-from normlens.probes.results import load_arrays, save_arrays, save_frame
 
 __all__ = ["ActivationStatsProbe", "ActivationStatsResult", "GroupStats", "abs_histogram",
            "default_stat_sites", "histogram_quantile"]
@@ -206,12 +206,12 @@ class ActivationStatsResult:
             for group, g in self.stats[site].items():
                 arrays |= g.to_arrays(f"{i}/{group}/")
         arrays["sites"] = np.array(self.sites)
-        save_arrays(folder / "activation_stats.npz", arrays)
+        write_npz(folder / "activation_stats.npz", **arrays)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "ActivationStatsResult":
-        arrays = load_arrays(Path(folder) / "activation_stats.npz")
+        arrays = read_npz(Path(folder) / "activation_stats.npz")
         sites = tuple(str(s) for s in arrays["sites"])
         stats = {site: {g: GroupStats.from_arrays(arrays, f"{i}/{g}/") for g in GROUPS
                         if f"{i}/{g}/scalars" in arrays} for i, site in enumerate(sites)}

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from normlens.io import save_frame
 from normlens.probes.attach import attach
 from normlens.probes.attention import AttentionEntropyProbe, AttentionEntropyResult
 from normlens.probes.effectiveness import EffectivenessResult, compute_effectiveness
 from normlens.probes.linear import (LinearProbeResult, collect_activations, default_probe_sites,
                                    score_linear_probes)
 from normlens.probes.norm_probes import NormScaleProbe, SCurveProbe, SCurveResult, dyt_alphas, residual_growth
-from normlens.probes.results import save_frame
 from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult
 
 
