@@ -7,10 +7,12 @@ names (``blocks.0._original_component.attn.q.weight`` and
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
+import torch
 import torch.nn as nn
 
 from normlens.sites import clean_name, is_norm_module
@@ -118,3 +120,57 @@ def select_parameters(model: nn.Module, params: ParamSelector = None, *,
             f"presets are {PRESETS}, names look like: {examples}, ..."
         )
     return chosen
+
+
+# ------------------------------------------------- parameters the forward uses
+
+def _first_row(batch: object) -> object:
+    """The first example of a batch (tensor, tuple/list or dict of tensors): usage is structural."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1] if batch.dim() else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_first_row(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _first_row(v) for k, v in batch.items()}
+    return batch
+
+
+def find_unused_parameters(model: nn.Module, batch: object,
+                           loss_fn: Callable[[nn.Module, object], torch.Tensor] | None = None,
+                           ) -> list[ParamInfo]:
+    """Trainable parameters that receive no gradient from ``loss_fn(model, batch)``.
+
+    TransformerLens bridges of Hugging Face GPT-2 keep fused ``qkv`` copies that the
+    forward never reads (21 M of GPT-2 small's 145.7 M bridge parameters); a Hessian
+    with respect to them is undefined and landscape directions along them are wasted.
+    One forward and backward on the first example of ``batch`` (eval mode, RNG
+    restored; no ``.grad`` is written) decides: a parameter whose gradient is
+    ``None`` is unused. A parameter with an all-zero gradient is used.
+
+    Args:
+        batch: what ``loss_fn`` takes; default loss: (batch, pos) int64 tokens.
+        loss_fn: ``f(model, batch) -> scalar``; default :func:`normlens.losses.next_token_loss`.
+    """
+    from normlens.hygiene import eval_mode, rng_preserved
+    from normlens.losses import next_token_loss
+
+    loss_fn = loss_fn or next_token_loss
+    infos = describe_parameters(model)
+    by_key = dict(model.named_parameters())
+    tensors = [by_key[info.key] for info in infos]
+    device = tensors[0].device if tensors else None
+    with rng_preserved(device), eval_mode(model), torch.enable_grad():
+        loss = loss_fn(model, _first_row(batch))
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return [info for info, g in zip(infos, grads) if g is None]
+
+
+def describe_exclusion(unused: Sequence[ParamInfo]) -> str:
+    """One line for logs and reports, e.g. "excluded 21.3 M parameters that the forward does not use
+    (blocks.0.attn.qkv.weight, ...)"; "" when nothing was excluded."""
+    if not unused:
+        return ""
+    count = sum(math.prod(info.shape) for info in unused)
+    size = f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count}"
+    names = ", ".join(info.name for info in unused[:3]) + (", ..." if len(unused) > 3 else "")
+    return f"excluded {size} parameters that the forward does not use ({names})"
