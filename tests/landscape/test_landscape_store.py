@@ -78,5 +78,5 @@ def test_grid_file_for_other_directions_or_model_is_refused(tmp_path):
 def test_a_file_that_is_not_a_grid_is_refused(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"not a zip")
-    with pytest.raises(GridMismatchError, match="not a normlens grid file"):
+    with pytest.raises(GridMismatchError, match="not a readable normlens grid file"):
         GridStore.open(path, {"model": "x"}, 4, 2)
