@@ -455,7 +455,7 @@ def _verify_stored_cell(store: GridStore, evaluator: PointEvaluator, points: np.
     stored = store.loss[cell]
     if np.allclose(value[0], stored, rtol=1e-4, atol=1e-7, equal_nan=True):
         return
-    where = "at the origin" if cell == origin else f"at cell {cell} {tuple(points[cell])}"
+    where = "at the origin" if cell == origin else f"at cell {cell} ({', '.join(f'{v:g}' for v in points[cell])})"
     raise GridMismatchError(
         f"grid file {store.path} holds f = {stored:.6g} {where} but the model gives {value[0]:.6g}: its values "
         f"were not computed for this model, directions and evaluation set; {START_OVER}"

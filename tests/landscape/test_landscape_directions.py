@@ -191,3 +191,31 @@ def test_directions_are_drawn_on_the_models_cuda_device(tmp_path):
     assert all(torch.equal(a[n], b[n]) for a, b in zip(d.axes, again.axes) for n in d.names)
     back = Directions.load(d.save(tmp_path / "cuda.safetensors"), device="cuda")
     assert all(torch.equal(back.axes[0][n], d.axes[0][n]) for n in d.names)
+
+
+def test_unreadable_directions_files_are_one_line_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    from normlens.landscape.directions import DirectionsFileError
+
+    good = random_directions(TinyClassifier(), 2, seed=0).save(tmp_path / "good.safetensors").read_bytes()
+    cases = {
+        "pickle.safetensors": lambda p: torch.save({"axis0/fc.weight": torch.zeros(2)}, p),
+        "truncated.safetensors": lambda p: p.write_bytes(good[: len(good) // 2]),
+        "empty.safetensors": lambda p: p.write_bytes(b""),
+        "foreign.safetensors": lambda p: save_file({"w": torch.zeros(2)}, str(p)),
+        "no_names.safetensors": lambda p: save_file({"w": torch.zeros(2)}, str(p), metadata={"normlens": "{}"}),
+        "bad_json.safetensors": lambda p: save_file({"w": torch.zeros(2)}, str(p), metadata={"normlens": "{"}),
+        "missing_tensor.safetensors": lambda p: save_file({"w": torch.zeros(2)}, str(p), metadata={"normlens": (
+            '{"kind": "random", "normalization": "filter", "one_d": "zero", "seed": 0, "info": {}, '
+            '"n_axes": 1, "names": ["fc.weight"]}')}),
+    }
+    for name, write in cases.items():
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(DirectionsFileError) as error:
+            Directions.load(path)
+        text = str(error.value)
+        assert "\n" not in text and str(path) in text and "directions.safetensors" in text, (name, text)
+    with pytest.raises(FileNotFoundError, match="no directions file"):
+        Directions.load(tmp_path / "absent.safetensors")
