@@ -7,7 +7,10 @@ uses it (it receives a gradient on one evaluation item,
 :func:`normlens.parameters.find_unused_parameters`). Frozen parameters are
 never moved; parameters the forward never reads (a TransformerLens bridge's
 fused ``qkv`` copies of Hugging Face GPT-2) would change nothing but the
-direction's norm and the cost, so they are left out and reported.
+direction's norm and the cost, so they are left out and reported. A parameter
+reached only through non-differentiable steps (an argmax) counts as unused; an
+objective with no gradient at all (a 0-1 loss) leaves usage undecided and every
+trainable parameter movable.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ import torch.nn as nn
 from normlens.landscape.objective import Objective, next_token_loss_only
 from normlens.parameters import describe_exclusion, find_unused_parameters
 from normlens.sites import clean_name
+
+
+class _NotDifferentiable(Exception):
+    """The objective's loss carries no gradient at all."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,14 @@ def excluded_parameters(model: nn.Module, eval_items: Optional[torch.Tensor] = N
 
         def loss_fn(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
             loss = objective(m(batch), batch)[0].mean()
-            # a loss no trainable parameter reaches: every one of them is unused
-            return loss if loss.requires_grad else loss.detach().requires_grad_()
+            if not loss.requires_grad:
+                raise _NotDifferentiable
+            return loss
 
-        unused_infos = find_unused_parameters(model, eval_items[:1], loss_fn)
+        try:
+            unused_infos = find_unused_parameters(model, eval_items[:1], loss_fn)
+        except _NotDifferentiable:  # e.g. a 0-1 loss: usage cannot be read off gradients; move every trainable one
+            unused_infos = []
     parts = []
     line = describe_exclusion(unused_infos)
     if line:

@@ -97,3 +97,18 @@ def test_hf_gpt2_bridge_landscape_excludes_the_fused_qkv_copy(tmp_path, monkeypa
         from normlens.losses import next_token_loss
 
         assert result.center_loss == pytest.approx(float(next_token_loss(bridge.eval(), tokens)), rel=1e-5)
+
+
+def test_an_objective_without_gradient_moves_every_trainable_parameter():
+    """A 0-1 loss has no gradient: usage cannot be detected, so nothing is left out (the surface is not flat)."""
+    model, tokens = TinyClassifier(), tiny_tokens()
+
+    def zero_one(logits, batch):
+        wrong = (logits[:, :-1].argmax(-1) != batch[:, 1:]).double()
+        return wrong, None
+
+    d = random_directions(model, 1, seed=0, eval_items=tokens, objective=zero_one)
+    assert "excluded" not in d.info and all(torch.count_nonzero(d.axes[0][n]) > 0
+                                            for n, p in model.named_parameters() if p.dim() >= 2)
+    result = compute_landscape(model, d, tokens, span=2.0, resolution=5, objective=zero_one)
+    assert "excluded" not in result.info and np.ptp(result.loss) > 0
