@@ -42,7 +42,8 @@ def build_directions(model, tokens, *, axes: str, dims: int, normalization: str,
     if dims not in (1, 2):
         raise ValueError(f"--dims must be 1 or 2, got {dims}")
     if axes == "random":
-        return random_directions(model, dims, normalization=normalization, one_d=one_d, seed=seed)
+        return random_directions(model, dims, normalization=normalization, one_d=one_d, seed=seed,
+                                 eval_items=tokens)
     one_d_rule = "zero" if one_d == "zero" else "included"  # the other axes have no "copy"
     if axes == "hessian":
         return hessian_directions(model, tokens, k=dims, one_d=one_d_rule, seed=seed)
@@ -69,19 +70,29 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
     """
     import matplotlib.pyplot as plt
 
-    from normlens.landscape import compute_landscape, compute_metrics
+    from normlens.landscape import axis_coordinates, compute_landscape, compute_metrics
     from normlens.landscape.distributed import world
+    from normlens.landscape.params import check_finite, parameters_of
     from normlens.plots.landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_3d
 
-    if resolution < 2:
-        raise ValueError(f"--resolution must be at least 2, got {resolution}")
     if value_range is None and not span > 0:
         raise ValueError(f"--span must be positive, got {span}")
+    # the checks compute_landscape makes, before the directions (a Hessian's Lanczos) are built
+    check_finite(parameters_of(model))
+    if other is not None:
+        check_finite(parameters_of(other), "the --other model")
+
+    def checked_range(kind: str) -> tuple[float, float]:
+        lo, hi = value_range or ((-0.25, 1.25) if kind == "interpolation" else (-span, span))
+        axis_coordinates(lo, hi, resolution)  # the grid's own errors (resolution, range), before any work
+        return lo, hi
+
+    if directions_file is None:
+        checked_range("interpolation" if axes == "interpolate" else axes)
     directions = build_directions(model, tokens, axes=axes, dims=dims, normalization=normalization,
                                   one_d=one_d, seed=seed, other=other, trajectory=trajectory,
                                   directions_file=directions_file)
-    if value_range is None and directions.kind == "interpolation":
-        value_range = (-0.25, 1.25)
+    lo_hi = checked_range(directions.kind)
     out = Path(out)
     bar = tqdm(desc="landscape", unit="chunk", disable=world()[0] != 0, leave=False)
 
@@ -91,7 +102,7 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
 
     try:
         result = compute_landscape(
-            model, directions, tokens, span=value_range if value_range is not None else span,
+            model, directions, tokens, span=lo_hi,
             resolution=resolution, memory_bytes=memory_mb << 20, grid_file=grid_file or out / "grid.npz",
             model_name=model_name, eval_name=eval_name, accuracy=accuracy, on_chunk=advance,
         )
@@ -133,6 +144,10 @@ def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
             "cells": int(result.loss.size)}
     tables = [Table("Surface", pd.DataFrame({"quantity": list(rows), "value": list(rows.values())}))]
     notes = [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else []
+    if result.info.get("excluded"):
+        notes.append(f"Parameters held fixed: {result.info['excluded']}.")
+    if result.info.get("interpolated_buffers"):
+        notes.append(f"Buffers interpolated with the weights: {', '.join(result.info['interpolated_buffers'])}.")
     if metrics is not None:
         tables.append(Table("Sharpness: largest loss increase within radius r of the model", pd.DataFrame(
             [{"radius r": m.radius, "increase": m.increase, "relative to 1 + f(0)": m.relative,
@@ -160,7 +175,8 @@ def register(app: typer.Typer) -> None:
         dims: int = typer.Option(2, "--dims", help="1 or 2 axes (random and hessian)"),
         span: float = typer.Option(1.0, "--span", help="coefficients from -SPAN to SPAN on every axis"),
         value_range: Optional[str] = typer.Option(None, "--range", help="'LO,HI' instead of --span (must contain 0)"),
-        resolution: int = typer.Option(21, "--resolution", help="points per axis (>= 2)"),
+        resolution: int = typer.Option(21, "--resolution", help="points per axis; the grid contains 0, so odd "
+                                       "for a range symmetric about 0 (e.g. --span), >= 3 across 0"),
         normalization: str = typer.Option("filter", "--normalization", help="filter | layer | none (random axes)"),
         one_d: str = typer.Option("zero", "--one-d", help="1-D parameters (biases, gains, DyT alpha): zero | copy"),
         seed: int = typer.Option(0, "--seed", help="seed of the random directions and data windows"),

@@ -12,6 +12,7 @@ as before the call (it runs in eval mode inside, restored afterwards).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -30,33 +31,40 @@ from normlens.landscape.objective import (
     next_token_loss_only,
     next_token_objective,
 )
+from normlens.landscape.movable import Exclusion, excluded_parameters
 from normlens.landscape.params import (
     Params,
+    buffer_slots,
+    check_finite,
     fingerprint,
+    float_buffers,
     functional_forward,
     parameter_slots,
     parameters_of,
     tensor_fingerprint,
 )
 from normlens.landscape.results import LandscapeResult, origin_index
-from normlens.landscape.store import GridStore
+from normlens.landscape.store import START_OVER, GridMismatchError, GridStore
 
 Range = tuple[float, float]
 SpanArg = Union[float, Range, Sequence[Range]]
 
 
 def axis_coordinates(lo: float, hi: float, resolution: int) -> np.ndarray:
-    """Coefficients from ``lo`` to ``hi`` that contain 0.0 exactly.
+    """``resolution`` coefficients from ``lo`` to ``hi`` that contain 0.0 exactly.
 
-    The interval is cut at 0 into two evenly spaced pieces whose point counts
-    are proportional to their lengths, rounding up: a symmetric span gives
-    ``resolution`` points for odd and ``resolution + 1`` for even resolution
-    (same spacing on both sides), never fewer than ``resolution``.
+    A range with 0 at one end is evenly spaced. A range on both sides of 0 is cut
+    at 0 into two evenly spaced pieces whose point counts are proportional to their
+    lengths (rounded, at least one interval each), so it needs ``resolution >= 3``;
+    a range symmetric about 0 needs an odd ``resolution`` (an even one cannot put 0
+    on an evenly spaced grid and is refused, naming the odd values to use).
 
     >>> axis_coordinates(-1, 1, 5).tolist()
     [-1.0, -0.5, 0.0, 0.5, 1.0]
     >>> axis_coordinates(0, 1, 3).tolist()
     [0.0, 0.5, 1.0]
+    >>> axis_coordinates(-0.25, 1.25, 7).tolist()
+    [-0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 2:
         raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
@@ -67,11 +75,20 @@ def axis_coordinates(lo: float, hi: float, resolution: int) -> np.ndarray:
         raise ValueError(f"the span must have positive width, got ({lo:g}, {hi:g}); use e.g. span=1.0")
     if lo > 0 or hi < 0:
         raise ValueError(f"the range ({lo:g}, {hi:g}) must contain 0 (the model itself)")
+    if lo == 0 or hi == 0:
+        return np.linspace(lo, hi, resolution)
+    if lo == -hi and resolution % 2 == 0:
+        raise ValueError(
+            f"resolution {resolution} cannot put 0 on an evenly spaced grid symmetric about 0 over "
+            f"({lo:g}, {hi:g}); use an odd resolution such as {resolution + 1} or {max(resolution - 1, 3)}"
+        )
+    if resolution < 3:
+        raise ValueError(f"the range ({lo:g}, {hi:g}) lies on both sides of 0 and needs resolution >= 3 "
+                         f"(lo, 0 and hi), got {resolution}")
     intervals = resolution - 1
-    n_neg = math.ceil(intervals * (-lo) / (hi - lo) - 1e-9) if lo < 0 else 0
-    n_pos = math.ceil(intervals * hi / (hi - lo) - 1e-9) if hi > 0 else 0
-    neg = np.linspace(lo, 0.0, n_neg + 1)[:-1] if n_neg else np.zeros(0)
-    pos = np.linspace(0.0, hi, n_pos + 1) if n_pos else np.zeros(1)
+    n_neg = min(max(math.floor(intervals * (-lo) / (hi - lo) + 0.5), 1), intervals - 1)
+    neg = np.linspace(lo, 0.0, n_neg + 1)[:-1]
+    pos = np.linspace(0.0, hi, intervals - n_neg + 1)
     return np.concatenate([neg, pos])
 
 
@@ -100,9 +117,10 @@ def _default_name(model: nn.Module) -> str:
 class PointEvaluator:
     """``points (P, n_axes) -> (loss (P,), accuracy (P,) or None)`` for one model and directions.
 
-    Only parameters that some direction moves are batched (``vmap`` in_dims 0);
-    the rest are the model's own tensors. Construct and call inside ``torch.no_grad()``
-    and :func:`eval_mode`; construction runs one forward on one evaluation item.
+    Only tensors that some direction moves (parameters, and the floating-point
+    buffers of an interpolation) are batched (``vmap`` in_dims 0); the rest are
+    the model's own. Construct and call inside ``torch.no_grad()`` and
+    :func:`eval_mode`; construction runs one forward on one evaluation item.
     """
 
     def __init__(self, model: nn.Module, directions: Directions, eval_items: torch.Tensor,
@@ -113,9 +131,11 @@ class PointEvaluator:
         self.eval_items = eval_items
         self.items_per_batch = items_per_batch
         params = params if params is not None else parameters_of(model)
-        self.theta = {n: params[n] for n in directions.names
-                      if any(bool((axis[n] != 0).any()) for axis in directions.axes)}
-        self.axes = [{n: axis[n].to(params[n].device) for n in self.theta} for axis in directions.axes]
+        base = {**params, **(float_buffers(model) if directions.buffers else {})}
+        axes = [{**axis, **(directions.buffers[k] if directions.buffers else {})}
+                for k, axis in enumerate(directions.axes)]
+        self.theta = {n: base[n] for n in axes[0] if any(bool((axis[n] != 0).any()) for axis in axes)}
+        self.axes = [{n: axis[n].to(base[n].device) for n in self.theta} for axis in axes]
         self.accuracy = accuracy
         self._flat = _FlatDirections.build(self.theta, self.axes)  # None: per-tensor path
         # one forward on one item gives the loss count, whether the objective has accuracy,
@@ -123,11 +143,16 @@ class PointEvaluator:
         with torch.no_grad():
             out = model(eval_items[:1])
         losses, correct = objective(out, eval_items[:1])
+        if losses.numel() == 0:
+            raise ValueError(
+                f"the objective gives no loss on an evaluation item of shape {tuple(eval_items.shape[1:])}: "
+                "next-token loss needs sequences of at least 2 tokens; pass longer sequences"
+            )
         self.with_accuracy = accuracy and correct is not None
         self.n_elements = losses.numel() * eval_items.shape[0]  # loss elements over the evaluation set
         self.item_output = (out.numel(), out.element_size())
 
-        slots = parameter_slots(model)
+        slots = {**parameter_slots(model), **(buffer_slots(model) if directions.buffers else {})}
 
         def sums(moving: Params, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             losses, correct = objective(functional_forward(model, slots, moving, batch), batch)
@@ -140,7 +165,8 @@ class PointEvaluator:
         self._batched = vmap(sums, in_dims=(0, None))
         self._sums = sums
         self.forward_path = "vmap"
-        if zoo_fast_path and self.theta:
+        moves_buffers = any(n not in params for n in self.theta)
+        if zoo_fast_path and self.theta and not moves_buffers:  # the batched zoo forward moves parameters only
             fast = zoo_forward.build(model, objective, accuracy)
             if fast is not None and self._agrees_with_vmap(fast):
                 self._batched, self.forward_path = fast, "batched-zoo"
@@ -272,13 +298,26 @@ def compute_landscape(
 ) -> LandscapeResult:
     """The loss surface of ``model`` over ``directions`` (1 or 2 axes).
 
+    Which parameters move: only trainable ones the forward uses. A direction that
+    moves a frozen (``requires_grad=False``) parameter is refused, as the curvature
+    operators leave those out; parameters that get no gradient on one evaluation
+    item (:func:`normlens.parameters.find_unused_parameters`, e.g. a bridge's fused
+    ``qkv`` copies) are held fixed, which changes no loss, and ``result.info["excluded"]``
+    says so; ``result.direction_norms`` are the norms of what moved. Floating-point
+    buffers move only where the directions carry them (an interpolation).
+
+    Refused before any grid work, with one line: non-finite weights or buffers, an
+    objective with no loss element per item (e.g. 1-token sequences), even
+    ``resolution`` on a symmetric span.
+
     Args:
         model: any module mapping a batch of ``eval_items`` to outputs; left untouched.
         directions: from :mod:`normlens.landscape.directions`; must fit ``model``.
         eval_items: (n_items, ...) evaluation set, e.g. (n_seq, n_ctx) int64 tokens.
         span: s for [−s, s] on every axis, one (lo, hi), or one (lo, hi) per axis;
             each range must contain 0.
-        resolution: points per axis (≥ 2); see :func:`axis_coordinates`.
+        resolution: points per axis, exactly; the grid contains 0, so a range symmetric
+            about 0 needs an odd count; see :func:`axis_coordinates`.
         objective: (outputs, batch) -> (per-element loss, per-element correct or None);
             default next-token cross-entropy (and top-1 accuracy with ``accuracy=True``).
         accuracy: also return the mean of the objective's per-element correctness.
@@ -287,7 +326,8 @@ def compute_landscape(
             fastest on CPU: larger chunks fall out of cache and get slower per point.
         grid_file: .npz written after every chunk; an existing file made for the same
             model, directions, evaluation set and grid is resumed (only missing chunks are
-            computed); one made for anything else is refused (GridMismatchError).
+            computed) after one stored cell, the origin when stored, is evaluated again and
+            agrees; one made for anything else, damaged or edited, is refused (GridMismatchError).
         on_chunk: called as ``on_chunk(chunk, n_chunks)`` after each chunk this process computes.
         zoo_fast_path: for normlens zoo models, evaluate points with
             :mod:`normlens.landscape.zoo_forward` (one batched matmul per layer; 1.3–1.7× faster
@@ -306,7 +346,9 @@ def compute_landscape(
         raise TypeError(f"directions must be a Directions, got {type(directions).__name__}")
     check_eval_items(eval_items)
     params = parameters_of(model)
-    directions.check_fits(params)
+    check_finite(params)
+    check_finite(float_buffers(model), "the model's buffers")
+    directions.check_fits(model)
     ranges = resolve_ranges(span, directions.n_axes)
     coords = tuple(axis_coordinates(lo, hi, resolution) for lo, hi in ranges)
     mesh = np.meshgrid(*coords, indexing="ij")
@@ -314,9 +356,11 @@ def compute_landscape(
     n_cells = points.shape[0]
     device = next(iter(params.values())).device
     eval_items = eval_items.to(device)
+    exclusion = excluded_parameters(model, eval_items, objective)
+    moving = _restricted(directions, exclusion)
 
     with torch.no_grad(), eval_mode(model):
-        evaluator = PointEvaluator(model, directions, eval_items, objective, items_per_batch or 1, params,
+        evaluator = PointEvaluator(model, moving, eval_items, objective, items_per_batch or 1, params,
                                    accuracy=accuracy, zoo_fast_path=zoo_fast_path)
         auto_points, auto_items = _auto_batching(model, evaluator, n_cells, memory_bytes)
         evaluator.items_per_batch = int(items_per_batch or auto_items)
@@ -324,7 +368,7 @@ def compute_landscape(
         if chunk_size < 1 or evaluator.items_per_batch < 1:
             raise ValueError("points_per_batch and items_per_batch must be >= 1")
         fp = {
-            "model": fingerprint(params),
+            "model": fingerprint({**params, **float_buffers(model)}),
             "directions": directions.fingerprint(),
             "eval_set": tensor_fingerprint(eval_items),
             "grid": tensor_fingerprint(points),
@@ -342,6 +386,9 @@ def compute_landscape(
         dd.barrier()
         if rank != 0:
             store = GridStore.open(path, fp, n_cells, chunk_size)
+        if store.chunk_done.any():  # values from an earlier run: check one before trusting them
+            _verify_stored_cell(store, evaluator, points, int(np.ravel_multi_index(origin_index(coords),
+                                                                                  [len(c) for c in coords])))
         mine = dd.assign_chunks(store.missing_chunks(), rank, size)
         own_path = dd.shard_path(path, rank) if (path is not None and size > 1) else path
         for chunk in mine:
@@ -364,11 +411,52 @@ def compute_landscape(
     origin = origin_index(coords)
     info = {k: v for k, v in directions.info.items() if k != "model_fingerprint"}
     info["forward_path"] = evaluator.forward_path
+    if exclusion.note:
+        info["excluded"] = exclusion.note
     return LandscapeResult(
         coords=coords, loss=loss, accuracy=accuracy_grid, center_loss=float(loss[origin]),
         kind=directions.kind, normalization=directions.normalization, one_d=directions.one_d,
-        direction_norms=directions.norms(), seed=directions.seed,
+        direction_norms=moving.norms(), seed=directions.seed,
         model_name=model_name if model_name is not None else _default_name(model),
         eval_name=eval_name, n_eval_items=int(eval_items.shape[0]),
         fingerprint=":".join(fp[k][:16] for k in ("model", "directions", "eval_set", "grid")), info=info,
+    )
+
+
+def _restricted(directions: Directions, exclusion: Exclusion) -> Directions:
+    """``directions`` with the parameters the forward does not use set to zero; a direction that
+    moves a frozen parameter is refused (landscapes never move ``requires_grad=False`` parameters)."""
+    def moves(name: str) -> bool:
+        return any(bool((axis[name] != 0).any()) for axis in directions.axes)
+
+    frozen = [n for n in exclusion.frozen if moves(n)]
+    if frozen:
+        raise ValueError(
+            f"the directions move {len(frozen)} frozen (requires_grad=False) parameter(s), e.g. {frozen[:3]}; "
+            "landscapes never move frozen parameters (the curvature operators leave them out too): build the "
+            "directions for this model, or unfreeze those parameters with requires_grad_(True)"
+        )
+    unused = [n for n in exclusion.unused if moves(n)]
+    if not unused:
+        return directions
+    axes = tuple({n: (torch.zeros_like(t) if n in unused else t) for n, t in axis.items()}
+                 for axis in directions.axes)
+    return replace(directions, axes=axes)
+
+
+def _verify_stored_cell(store: GridStore, evaluator: PointEvaluator, points: np.ndarray, origin: int) -> None:
+    """Re-evaluate one stored cell (the origin if its chunk is done, else the first done cell) and refuse
+    the grid file if its value is not this model's (relative tolerance 1e-4: batch shapes differ)."""
+    done = store.chunk_done[np.arange(store.n_cells) // store.chunk_size]  # (n_cells,) stored?
+    if not done.any():
+        return
+    cell = origin if done[origin] else int(np.flatnonzero(done)[0])
+    value, _ = evaluator(points[cell:cell + 1])
+    stored = store.loss[cell]
+    if np.allclose(value[0], stored, rtol=1e-4, atol=1e-7, equal_nan=True):
+        return
+    where = "at the origin" if cell == origin else f"at cell {cell} ({', '.join(f'{v:g}' for v in points[cell])})"
+    raise GridMismatchError(
+        f"grid file {store.path} holds f = {stored:.6g} {where} but the model gives {value[0]:.6g}: its values "
+        f"were not computed for this model, directions and evaluation set; {START_OVER}"
     )

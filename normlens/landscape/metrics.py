@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from normlens.landscape.directions import Directions
 from normlens.landscape.hessian import hessian_operator, rayleigh_quotient
+from normlens.landscape.movable import excluded_parameters
 from normlens.landscape.objective import Objective, check_eval_items, eval_mode
 from normlens.landscape.params import parameters_of
 from normlens.landscape.results import AxisCurvature, LandscapeMetrics, LandscapeResult, Sharpness
@@ -73,7 +74,8 @@ def compute_metrics(result: LandscapeResult, *, radii: Sequence[float] = (0.5, 1
                     eval_items: Optional[torch.Tensor] = None, objective: Optional[Objective] = None,
                     items_per_batch: Optional[int] = None) -> LandscapeMetrics:
     """Sharpness at each radius and per-axis curvature; with ``model``, ``directions`` and
-    ``eval_items`` also the Hessian's dᵀHd/dᵀd along each axis (one HVP per axis).
+    ``eval_items`` also the Hessian's dᵀHd/dᵀd along each axis (one HVP per axis), over the
+    parameters the landscape moves (trainable, used by the forward, nonzero in a direction).
 
     The model is left untouched (HVPs run on copies of the weights).
     """
@@ -83,10 +85,13 @@ def compute_metrics(result: LandscapeResult, *, radii: Sequence[float] = (0.5, 1
         check_eval_items(eval_items)
         directions.check_fits(model)
         params = parameters_of(model)
-        if all(torch.isfinite(p).all() for p in params.values()):
+        excluded = excluded_parameters(model, eval_items, objective).names
+        names = [n for n in params  # the parameters a landscape moves (normlens.landscape.movable)
+                 if n not in excluded and any(bool((axis[n] != 0).any()) for axis in directions.axes)]
+        if names and all(torch.isfinite(p).all() for p in params.values()):
             with eval_mode(model):
                 try:
-                    op = hessian_operator(model, eval_items, None, objective, items_per_batch)
+                    op = hessian_operator(model, eval_items, names, objective, items_per_batch)
                 except FloatingPointError:  # a finite model whose loss is NaN/inf: no curvature
                     op = None
                 if op is not None:

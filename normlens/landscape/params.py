@@ -116,10 +116,41 @@ def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     return slots
 
 
+def buffer_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Canonical buffer name -> every distinct (module, attribute) slot holding that buffer
+    (as :func:`parameter_slots` does for parameters)."""
+    canonical = {id(b): name for name, b in model.named_buffers()}
+    slots: dict[str, list[tuple[nn.Module, str]]] = {name: [] for name in canonical.values()}
+    seen: set[tuple[int, str]] = set()
+    for name, b in model.named_buffers(remove_duplicate=False):
+        path, _, attr = name.rpartition(".")
+        module = model.get_submodule(path) if path else model
+        if (id(module), attr) in seen or id(b) not in canonical:
+            continue
+        seen.add((id(module), attr))
+        slots[canonical[id(b)]].append((module, attr))
+    return slots
+
+
+def float_buffers(model: nn.Module) -> Params:
+    """Detached floating-point buffers (e.g. BatchNorm running statistics) by canonical name."""
+    return {name: b.detach() for name, b in model.named_buffers() if b.is_floating_point()}
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "the model") -> None:
+    """Raise ValueError naming the first tensors that hold NaN or inf."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(
+            f"{what} has non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. {bad[:3]}: a diverged "
+            "checkpoint has no loss landscape; use an earlier checkpoint or fix the training run"
+        )
+
+
 @contextmanager
 def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
                        tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Run the model with ``tensors`` in place of the named parameters; restore the originals.
+    """Run the model with ``tensors`` in place of the named parameters (or buffers); restore the originals.
 
     A replacement for ``torch.func.functional_call``, whose restore step leaves
     replaced tensors behind when one module is reachable by several paths (as in
@@ -130,14 +161,15 @@ def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
     try:
         for name, tensor in tensors.items():
             if name not in slots:
-                raise KeyError(f"the model has no parameter named {name!r}")
+                raise KeyError(f"the model has no parameter or buffer named {name!r}")
             for module, attr in slots[name]:
-                saved.append((module, attr, module._parameters[attr]))
-                module._parameters[attr] = tensor
+                store = module._parameters if attr in module._parameters else module._buffers
+                saved.append((store, attr, store[attr]))
+                store[attr] = tensor
         yield
     finally:
-        for module, attr, original in reversed(saved):
-            module._parameters[attr] = original
+        for store, attr, original in reversed(saved):
+            store[attr] = original
 
 
 def functional_forward(model: nn.Module, slots: Mapping[str, list[tuple[nn.Module, str]]],

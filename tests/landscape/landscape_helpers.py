@@ -6,11 +6,14 @@ import torch
 import torch.nn as nn
 
 
-class LinearRegression(nn.Module):
-    """out = x Wᵀ + b − y on rows [x | y]; with squared error the loss is an exact quadratic in θ."""
+class LinearRegression(nn.Linear):
+    """out = x Wᵀ + b − y on rows [x | y]; with squared error the loss is an exact quadratic in θ.
+
+    An ``nn.Linear`` (weight (n_out, n_in)), so filter normalization knows its output axis.
+    """
 
     def __init__(self, n_in: int = 3, n_out: int = 2, seed: int = 0):
-        super().__init__()
+        super().__init__(n_in, n_out, dtype=torch.float64)
         gen = torch.Generator().manual_seed(seed)
         self.n_in = n_in
         self.weight = nn.Parameter(torch.randn(n_out, n_in, generator=gen, dtype=torch.float64))

@@ -78,3 +78,41 @@ def test_cli_command_runs_and_bad_input_exits_2(app, tmp_path):
     clash = runner.invoke(app, ["landscape", "a", "--out", str(tmp_path / "o"), "--resolution", "3", "--n-seq", "2",
                                 "--n-ctx", "8", "--dims", "1", "--seed", "5"])
     assert clash.exit_code == 2 and "different inputs" in clash.output
+
+
+def test_cli_refuses_bad_files_weights_and_resolution_before_the_work(app, tmp_path, monkeypatch):
+    import torch
+
+    import normlens.models.loading as loading
+
+    runner = CliRunner()
+    base = ["landscape", "a", "--n-ctx", "8", "--n-seq", "2"]
+    pickled = tmp_path / "d.safetensors"
+    torch.save({"x": torch.zeros(2)}, pickled)
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "p"), "--resolution", "3", "--directions", str(pickled)])
+    assert bad.exit_code == 2 and str(pickled) in bad.output and "Traceback" not in bad.output
+    grid = tmp_path / "g.npz"
+    grid.write_bytes(b"PK\x03\x04 truncated")
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "g"), "--resolution", "3", "--grid-file", str(grid)])
+    assert bad.exit_code == 2 and str(grid) in bad.output and "delete the file" in bad.output
+    # an even resolution on a symmetric span: the error names the fix, as the help says
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), "--resolution", "4", "--axes", "hessian"])
+    assert bad.exit_code == 2 and "use an odd resolution such as 5" in bad.output
+    assert not (tmp_path / "r").exists()  # nothing computed, nothing written
+    help_text = " ".join(runner.invoke(app, ["landscape", "--help"]).output.split())
+    assert "odd" in help_text and "contains 0" in help_text
+    ok = runner.invoke(app, [*base, "--out", str(tmp_path / "i"), "--resolution", "4", "--axes", "interpolate",
+                             "--other", "b"])  # the interpolation's range (-0.25, 1.25) takes 4 points
+    assert ok.exit_code == 0, ok.output
+    assert LandscapeResult.load(tmp_path / "i" / "landscape.npz").loss.shape == (4,)
+
+    def diverged(spec, **kw):
+        model = tiny_zoo("ln", d_vocab=256)
+        with torch.no_grad():
+            next(model.parameters())[0, 0] = float("nan")
+        return model
+
+    monkeypatch.setattr(loading, "load_model", diverged)
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "n"), "--resolution", "3"])
+    assert bad.exit_code == 2 and "non-finite (NaN/inf) weights" in bad.output
+    assert not (tmp_path / "n").exists()

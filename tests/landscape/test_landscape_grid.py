@@ -32,14 +32,14 @@ def test_quadratic_model_surface_equals_closed_form(one_d):
     expected = closed_form_surface(model, data, d, result.coords[0], result.coords[1])
     np.testing.assert_allclose(result.loss, expected, rtol=1e-12, atol=1e-12)
     assert result.accuracy is None and result.one_d == one_d
-    assert result.loss.shape == (len(result.coords[0]), len(result.coords[1])) == (10, 10)
+    assert result.loss.shape == (len(result.coords[0]), len(result.coords[1])) == (9, 9)
 
 
 def test_origin_is_on_the_grid_and_equals_the_models_loss():
     model = TinyClassifier()
     tokens = tiny_tokens()
     d = random_directions(model, 2, seed=0)
-    result = compute_landscape(model, d, tokens, span=0.7, resolution=6)  # even: origin still exact
+    result = compute_landscape(model, d, tokens, span=0.7, resolution=7)
     i, j = result.origin_index
     assert result.coords[0][i] == 0.0 and result.coords[1][j] == 0.0
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_batched_equals_naive_loop():
     model = tiny_zoo("ln")
     tokens = zoo_tokens()
     d = random_directions(model, 2, seed=5)
-    result = compute_landscape(model, d, tokens, span=0.5, resolution=4, points_per_batch=6, items_per_batch=3,
+    result = compute_landscape(model, d, tokens, span=0.5, resolution=5, points_per_batch=6, items_per_batch=3,
                                accuracy=True)
     params = {n: p.detach() for n, p in model.named_parameters()}
     copy = tiny_zoo("ln")
@@ -94,12 +94,25 @@ def test_one_axis_and_asymmetric_range():
     assert result.center_loss == result.loss[0]
 
 
-def test_axis_coordinates_contain_zero_and_respect_the_range():
-    for lo, hi, n in [(-1, 1, 21), (-1, 1, 20), (-0.5, 1.5, 21), (0, 1, 2), (-3, 0, 4), (-0.1, 2.0, 7)]:
+def test_axis_coordinates_have_exactly_resolution_points_and_contain_zero():
+    for lo, hi, n in [(-1, 1, 21), (-0.5, 1.5, 21), (0, 1, 2), (-3, 0, 4), (-0.1, 2.0, 7), (-1, 2, 4),
+                      (-0.25, 1.25, 7), (-1, 1, 3)]:
         c = axis_coordinates(lo, hi, n)
-        assert c[0] == lo and c[-1] == hi and 0.0 in c and len(c) >= n
+        assert c[0] == lo and c[-1] == hi and 0.0 in c and len(c) == n, (lo, hi, n, c)
         assert np.all(np.diff(c) > 0)
-    assert len(axis_coordinates(-1, 1, 21)) == 21 and len(axis_coordinates(-1, 1, 20)) == 21
+        neg, pos = c[c <= 0], c[c >= 0]  # each side evenly spaced
+        for side in (neg, pos):
+            if len(side) > 2:
+                np.testing.assert_allclose(np.diff(side), np.diff(side)[0], rtol=1e-12)
+    np.testing.assert_allclose(axis_coordinates(-1, 1, 21), np.linspace(-1, 1, 21), atol=1e-15)
+
+
+@pytest.mark.parametrize("resolution", [2, 4, 20])
+def test_even_resolution_on_a_symmetric_span_is_refused_naming_odd_values(resolution):
+    with pytest.raises(ValueError, match=rf"use an odd resolution such as {resolution + 1}"):
+        axis_coordinates(-1, 1, resolution)
+    with pytest.raises(ValueError, match="resolution >= 3"):
+        axis_coordinates(-1, 2, 2)
 
 
 def test_bad_input_gives_clear_errors():
@@ -123,12 +136,33 @@ def test_bad_input_gives_clear_errors():
 
 
 def test_nan_cells_are_kept_and_counted():
+    """Cells whose loss overflows are recorded as they are; the origin stays finite."""
     model, data = LinearRegression(), regression_data()
-    with torch.no_grad():
-        model.weight[0, 0] = float("inf")
     d = random_directions(model, 1, normalization="none", seed=0)
-    result = compute_landscape(model, d, data, span=1.0, resolution=3, objective=squared_error)
-    assert result.n_nonfinite == 3
+    result = compute_landscape(model, d, data, span=1e200, resolution=3, objective=squared_error)
+    assert result.n_nonfinite == 2 and np.isfinite(result.center_loss)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_before_any_work(value):
+    model, data = LinearRegression(), regression_data()
+    d = random_directions(model, 1, seed=0)
+    with torch.no_grad():
+        model.weight[0, 0] = value
+    evaluated = []
+    with pytest.raises(ValueError, match=r"non-finite \(NaN/inf\) weights .*'weight'.*earlier checkpoint"):
+        compute_landscape(model, d, data, resolution=3, objective=squared_error,
+                          on_chunk=lambda c, n: evaluated.append(c))
+    assert evaluated == []
+    with pytest.raises(ValueError, match="non-finite"):
+        random_directions(model, 1, seed=0)
+
+
+def test_one_token_sequences_are_refused():
+    model = TinyClassifier()
+    d = random_directions(model, 1, seed=0)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        compute_landscape(model, d, tiny_tokens(n_ctx=1), resolution=3)
 
 
 def test_result_roundtrip(tmp_path):
