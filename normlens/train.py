@@ -289,13 +289,12 @@ def _check_arguments(config: TrainConfig, probes: Sequence[TrainingProbe], every
     if probes and probe_seqs > config.eval_seqs:
         raise TrainConfigError(f"probe_seqs={probe_seqs} exceeds eval_seqs={config.eval_seqs} (probes read "
                                "the first windows of the evaluation set); lower probe_seqs")
-    keep = sorted(set(keep_checkpoints))
-    for step in keep:
+    for step in keep_checkpoints:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= config.steps:
             raise TrainConfigError(f"keep_checkpoints must be steps in [0, {config.steps}], got {step!r}")
-    if keep and folder is None:
+    if len(keep_checkpoints) and folder is None:
         raise TrainConfigError("keep_checkpoints needs a checkpoint_dir to keep them in")
-    return [int(s) for s in keep]
+    return sorted({int(s) for s in keep_checkpoints})
 
 
 def train(
@@ -351,7 +350,10 @@ def train(
     run = _Run(model, splits, config, result, folder, identity, probes, every, val_tokens, probe_seqs, keep)
     if folder is None:
         return run.fit(progress)
-    ST.check_writable(folder)
+    model_bytes = sum(t.numel() * t.element_size() for t in model_tensors(model).values())
+    # a commit holds the old and the new state (weights + two Adam moments each), then the final
+    # model and the kept checkpoints; 1 MiB for the histories
+    ST.check_writable(folder, need_bytes=model_bytes * (2 * 3 + 1 + len(keep)) + 2**20)
     with ST.run_lock(folder):
         ST.clean_stale(folder)
         return run.fit(progress)

@@ -169,8 +169,9 @@ def run_lock(folder: str | Path) -> Iterator[None]:
         handle.close()
 
 
-def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be written there (one line if not)."""
+def check_writable(folder: str | Path, *, need_bytes: int = 0) -> Path:
+    """Create ``folder`` if needed and check that files can be written there and that
+    ``need_bytes`` are free (one line if not), before any long computation."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise TrainStateError(f"--out {str(folder)!r} is a file, not a folder; pass a folder path")
@@ -182,6 +183,11 @@ def check_writable(folder: str | Path) -> Path:
     except OSError as error:
         raise TrainStateError(f"cannot write into --out {str(folder)!r} ({error.strerror or error}); "
                               "pass a writable folder") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise TrainStateError(f"--out {str(folder)!r} has {free / 2**20:.1f} MiB free but the run's states and "
+                              f"checkpoints need about {need_bytes / 2**20:.1f} MiB; free space or pass "
+                              "another --out")
     return folder
 
 

@@ -250,3 +250,14 @@ def test_garbage_history_is_one_line_naming_file_and_fix(tmp_path, content):
         load_train_result(path)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "normlens train" in message
+
+
+def test_too_little_free_space_is_refused_before_training(embedded_splits, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    monkeypatch.setattr(train_module, "next_token_loss", lambda *a: pytest.fail("trained before the check"))
+    with pytest.raises(ST.TrainStateError, match="MiB free but the run's states and checkpoints need"):
+        train(build_model(**TINY), embedded_splits, CONFIG, checkpoint_dir=tmp_path, progress=False)
