@@ -25,8 +25,16 @@ def train_command(
     steps: int = typer.Option(300),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(3e-3),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="model initialization and batch order"),
+    eval_seqs: int = typer.Option(128, "--eval-seqs", help="windows in the fixed evaluation set"),
+    eval_seed: int = typer.Option(0, "--eval-seed", help="seed of the evaluation set, independent of --seed"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the train/validation split"),
     data: str = typer.Option("embedded", help="'embedded', a text file path, or hf:DATASET_NAME"),
+    probes: bool = typer.Option(False, "--probes/--no-probes",
+                                help="record attention entropy, residual variance and gradient norms"),
+    probe_every: int = typer.Option(50, "--probe-every", help="steps between probe records"),
+    keep: str = typer.Option("", "--keep-checkpoints",
+                             help="comma-separated steps whose model is kept (0 = initialization)"),
     out: Path = typer.Option(Path("runs/model"), help="folder for the checkpoint and history"),
 ) -> None:
     """Train a zoo model; resumable: run it again with the same --out to continue."""
@@ -35,13 +43,22 @@ def train_command(
         from normlens.data import load_corpus
         from normlens.models import ZooConfig, build_model
         from normlens.train import TrainConfig, train
+        from normlens.train_probes import default_training_probes
 
         config = ZooConfig(norm=norm, placement=placement, act_fn=act_fn, n_layers=n_layers,
                            d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, dyt_alpha0=dyt_alpha0,
                            seed=seed)
-        train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-        splits = load_corpus(data, seed=seed)
-        result = train(build_model(config), splits, train_config, name=norm, checkpoint_dir=out)
+        train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                   eval_seqs=eval_seqs, eval_seed=eval_seed)
+        try:
+            keep_steps = [int(v) for v in keep.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--keep-checkpoints {keep!r} is not a comma-separated list of steps, "
+                             "e.g. 0,100,300") from None
+        splits = load_corpus(data, seed=split_seed)
+        result = train(build_model(config), splits, train_config, name=norm, checkpoint_dir=out,
+                       probes=default_training_probes() if probes else (), every=probe_every,
+                       keep_checkpoints=keep_steps)
         status = f"diverged at step {result.diverged_step}" if result.diverged else "finished"
         typer.echo(f"{norm}/{placement}: {status}; final validation loss {result.final_val_loss:.4f}; "
                    f"checkpoint in {out / 'model'}")
