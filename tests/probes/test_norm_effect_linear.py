@@ -29,11 +29,11 @@ def test_scale_and_s_curve(model64, tokens):
     res = curve.result()
     assert set(res.slots) == set(S.norm_slots(2))
     xin = cache[S.norm_in("blocks.0.ln2")].reshape(-1)
-    xout = cache[S.norm_out("blocks.0.ln2")].reshape(-1)
+    xout = cache[S.norm_hook("blocks.0.ln2", "hook_normalized")].reshape(-1)  # before the affine
     pairs = dict(zip(xin.tolist(), xout.tolist()))
     got_in, got_out = res.inputs["blocks.0.ln2"], res.outputs["blocks.0.ln2"]
-    assert len(got_in) == 50
-    assert all(pairs[a] == b for a, b in zip(got_in, got_out))  # each sample is a true (in, out) pair
+    assert len(got_in) == 50 and all(res.pre_affine.values()) and res.n_seen["blocks.0.ln2"] == 3 * 12 * 16
+    assert all(pairs[a] == b for a, b in zip(got_in, got_out))  # each sample is a true (in, normalized) pair
 
 
 def test_dyt_alpha_and_residual_growth(tokens):
