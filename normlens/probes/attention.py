@@ -89,7 +89,7 @@ def first_real_token(attention_mask: torch.Tensor | None, batch: int, device: to
     if attention_mask is None:
         return torch.zeros(batch, dtype=torch.int64, device=device)
     keep = attention_mask.to(device=device, dtype=torch.bool)
-    return torch.where(keep.any(-1), keep.to(torch.int8).argmax(-1), 0).to(torch.int64)
+    return torch.where(keep.any(-1), keep.to(torch.int64).argmax(-1), 0)
 
 
 def attention_entropy(
@@ -165,10 +165,13 @@ def pattern_entropy(pattern: torch.Tensor, visible: torch.Tensor | None = None,
 def position_bucket(pos: np.ndarray | torch.Tensor):
     """Bucket index of query positions: [0, 8) -> 0, [8, 16) -> 1, [16, 32) -> 2, ... (doubling)."""
     if isinstance(pos, torch.Tensor):
-        p = pos.clamp_min(1).double()
-        return (torch.floor(torch.log2(p)).long() - int(math.log2(FIRST_BUCKET_END)) + 1).clamp_min(0)
-    p = np.maximum(np.asarray(pos), 1)
-    return np.maximum(np.floor(np.log2(p)).astype(np.int64) - int(math.log2(FIRST_BUCKET_END)) + 1, 0)
+        top = max(int(pos.max()) if pos.numel() else 0, 1)
+        edges = torch.tensor([FIRST_BUCKET_END << k for k in range(max(top.bit_length(), 1))], device=pos.device)
+        return (pos[..., None] >= edges).sum(-1)
+    pos = np.asarray(pos)
+    top = max(int(pos.max()) if pos.size else 0, 1)
+    edges = np.array([FIRST_BUCKET_END << k for k in range(max(top.bit_length(), 1))])
+    return (pos[..., None] >= edges).sum(-1)
 
 
 def bucket_bounds(bucket: int, causal: bool = True) -> tuple[int, int]:
