@@ -191,7 +191,7 @@ def bench_stats_cost(widths: list[int], device: torch.device) -> list[dict]:
 
 def bench_entropy(contexts: list[int], device: torch.device) -> list[dict]:
     from normlens.kernels import reference
-    from normlens.kernels.attention_entropy import attention_entropy
+    from normlens.kernels.attention_entropy import fused_attention_entropy as attention_entropy
 
     rows = []
     batch, heads, d_head = 1, 16, 64

@@ -1,31 +1,22 @@
-"""Attention entropy per (batch, head, query) without the N x N matrix.
+"""Triton kernel for attention entropy per (batch, head, query), never storing the scores.
 
-For query i with scores s_j = scale · q_i·k_j over the keys it may see,
-p_j = softmax(s)_j and H_i = -Σ_j p_j log p_j. With m = max s_j,
-l = Σ exp(s_j - m) and t = Σ exp(s_j - m)·s_j, H = m + log l - t/l
-(online softmax, Milakov & Gimelshein 2018). The kernel keeps (m, l, t) per query and updates them key
-block by key block (online softmax), so the scores never leave registers.
-
-It keeps t shifted by the running max, t' = Σ exp(s_j - m)(s_j - m), so
-H = log l - t'/l with no cancellation between m and t/l; when the max moves
-from m to m', t' ← e^(m-m')·(t' + (m - m')·l). Scores are kept in base 2
-(s·log2 e) so the exponentials are exp2; H is converted back to nats.
-
-Normalized entropy H / log(n_visible) lies in [0, 1]; rows with no visible key
-(all masked) give H = 0 and normalized 0, as do rows with one visible key.
-This is a measurement: no gradient is defined (the output does not require grad).
+The online-softmax algebra (accumulators m, l, u = Σ exp(s - m)(s - m), H = log l - u/l)
+is derived in :mod:`normlens.kernels.online_entropy`, which also holds the torch
+path and the dispatch (:func:`normlens.kernels.online_entropy.compute_attention_entropy`).
+Here the same update runs per (query tile, key tile) in registers, with scores
+in base 2 (s·log2 e) so the exponentials are exp2; H and the log-sum-exp are
+converted back to nats. This is a measurement: no gradient is defined.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from normlens.kernels._launch import SUPPORTED_DTYPES, check_runnable, next_power_of_2
 from normlens.kernels.config import interpreting
+from normlens.kernels.online_entropy import AttentionEntropy
 
 _LOG2E = 1.4426950408889634
 
@@ -37,6 +28,7 @@ def _attention_entropy_kernel(
     KEEP,  # (B, Nk) int8, 1 = real key; dummy unless HAS_MASK
     ENT,  # (B, H, Nq) fp32 out, contiguous
     NORM_ENT,  # (B, H, Nq) fp32 out, contiguous
+    LSE,  # (B, H, Nq) fp32 out, contiguous: log Σ exp(s) in nats, -inf without a visible key
     n_heads,
     n_q,
     n_k,
@@ -120,18 +112,8 @@ def _attention_entropy_kernel(
     out = pid_bh.to(tl.int64) * n_q + offs_q
     tl.store(ENT + out, ent, mask=q_ok)
     tl.store(NORM_ENT + out, norm, mask=q_ok)
-
-
-@dataclass(frozen=True)
-class AttentionEntropy:
-    """Per (batch, head, query) attention entropy in nats and normalized by log(n visible keys).
-
-    Both are fp32 tensors of shape (batch, head, n_query); rows with no
-    visible key hold 0 in both.
-    """
-
-    entropy: torch.Tensor
-    normalized: torch.Tensor
+    lse = tl.where(l > 0.0, (m + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + out, lse, mask=q_ok)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None) -> None:
@@ -158,7 +140,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | No
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device}, k on {k.device}")
 
 
-def attention_entropy(
+def fused_attention_entropy(
     q: torch.Tensor,
     k: torch.Tensor,
     *,
@@ -179,7 +161,7 @@ def attention_entropy(
         block_q, block_k: tile sizes (powers of two, >= 16); defaults suit the device.
 
     Returns:
-        :class:`AttentionEntropy` with fp32 (batch, head, n_query) tensors.
+        :class:`~normlens.kernels.online_entropy.AttentionEntropy` with fp32 (batch, head, n_query) tensors.
     """
     _check(q, k, key_padding_mask)
     check_runnable(q)
@@ -188,8 +170,9 @@ def attention_entropy(
     scale = 1.0 / math.sqrt(d_head) if scale is None else float(scale)
     ent = torch.zeros((batch, n_heads, n_q), dtype=torch.float32, device=q.device)
     norm = torch.zeros_like(ent)
+    lse = torch.full_like(ent, float("-inf"))
     if ent.numel() == 0 or n_k == 0:
-        return AttentionEntropy(ent, norm)
+        return AttentionEntropy(ent, norm, lse)
     interp = interpreting()
     block_d = max(16, next_power_of_2(d_head))
     if block_q is None:
@@ -204,7 +187,7 @@ def attention_entropy(
     grid = (triton.cdiv(n_q, block_q), batch * n_heads)
     with torch.no_grad():
         _attention_entropy_kernel[grid](
-            q, k, keep, ent, norm,
+            q, k, keep, ent, norm, lse,
             n_heads, n_q, n_k, d_head,
             *q.stride(), *k.stride(), stride_mb, stride_mn,
             scale * _LOG2E,
@@ -213,4 +196,4 @@ def attention_entropy(
             BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=block_d,
             num_warps=4 if block_d <= 64 else 8,
         )
-    return AttentionEntropy(ent, norm)
+    return AttentionEntropy(ent, norm, lse)

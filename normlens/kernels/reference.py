@@ -7,8 +7,10 @@ a second derivative is asked for, so they must stay pure torch.
 * layer_norm:  mean = E[x], rstd = 1/sqrt(Var[x] + eps), y = (x - mean)·rstd·w + b  (Ba et al. 2016)
 * rms_norm:    rstd = 1/sqrt(E[x²] + eps), y = x·rstd·w  (Zhang & Sennrich 2019)
 * dyt:         y = w·tanh(alpha·x) + b  (Zhu et al. 2025)
-* attention_entropy: H_i = -Σ_j p_ij log p_ij over the keys query i may see;
+* attention_entropy / pattern_entropy: H_i = -Σ_j p_ij log p_ij over the keys query i
+  may see (0·log 0 = 0), from the materialized scores or a stored pattern;
   normalized by log(number of visible keys); 0 where fewer than two keys are visible.
+  This is the one reference for the online algebra of :mod:`normlens.kernels.online_entropy`.
 """
 from __future__ import annotations
 
@@ -108,11 +110,31 @@ def attention_entropy(
         q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=q.device
     )
     scores = scores.masked_fill(~allowed, float("-inf"))
-    logp = torch.log_softmax(scores, dim=-1)  # NaN on fully masked rows, replaced below
-    p = logp.exp()
-    plogp = torch.where(allowed, p * logp, torch.zeros((), dtype=dtype, device=q.device))
-    entropy = -plogp.sum(-1)  # (b, h, q)
-    n_visible = allowed.sum(-1).expand_as(entropy).to(dtype)
+    logp = torch.log_softmax(scores, dim=-1)  # NaN on fully masked rows, masked out below
+    return _entropy(logp.exp(), logp, allowed)
+
+
+def pattern_entropy(
+    pattern: torch.Tensor, visible: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy per (batch, head, query) of a stored (batch, head, n_query, n_key) pattern.
+
+    ``visible`` (bool, broadcastable to the pattern) marks the keys each query may
+    see and gives their count; default: the keys with p > 0. Returns
+    (entropy, normalized) as :func:`attention_entropy` does.
+    """
+    p = pattern.detach().to(_compute_dtype(pattern))
+    allowed = (p > 0) if visible is None else visible.to(torch.bool)
+    positive = p > 0
+    logp = torch.where(positive, torch.log(torch.where(positive, p, torch.ones((), dtype=p.dtype))), 0.0)
+    return _entropy(p, logp, allowed)
+
+
+def _entropy(p: torch.Tensor, logp: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-Σ p log p over the allowed keys, and that divided by log(count); 0 on rows without a choice."""
+    zero = torch.zeros((), dtype=p.dtype, device=p.device)
+    entropy = -torch.where(allowed & (p > 0), p * logp, zero).sum(-1)  # (b, h, q)
+    n_visible = allowed.expand_as(p).sum(-1).to(p.dtype)
     entropy = torch.where(n_visible > 0, entropy, torch.zeros_like(entropy))
     normalized = torch.where(
         n_visible > 1, entropy / n_visible.clamp_min(2).log(), torch.zeros_like(entropy)

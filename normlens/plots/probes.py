@@ -14,13 +14,66 @@ def _ax(ax):
     return ax if ax is not None else plt.subplots(figsize=(4, 3))[1]
 
 
-def plot_entropy_heatmap(result, ax=None, title: str = "") -> plt.Axes:
-    """Mean normalized entropy per (layer, head) of an AttentionEntropyResult."""
+def plot_entropy_heatmap(result, ax=None, title: str = "", value: str = "entropy_ratio") -> plt.Axes:
+    """Per (layer, head) of an AttentionEntropyResult: mean entropy / log T (default), heads at or
+    above the overload threshold outlined (ReLU's Revival's 3/4 bar).
+
+    ``value``: any numeric column of ``head_frame()``, e.g. "normalized_entropy" (the per-query variant).
+    """
+    from matplotlib.patches import Rectangle
+
     ax = _ax(ax)
     heads = result.head_frame()
-    grid = heads.pivot(index="layer", columns="head", values="normalized_entropy")
-    sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="magma", annot=grid.shape[1] <= 8, fmt=".2f", cbar=True)
-    ax.set_title(title or "normalized attention entropy")
+    grid = heads.pivot(index="layer", columns="head", values=value)
+    bounded = value in ("entropy_ratio", "normalized_entropy", "first_token_mass")
+    sns.heatmap(grid, ax=ax, vmin=0, vmax=1 if bounded else None, cmap="magma", annot=grid.shape[1] <= 8,
+                fmt=".2f", cbar=True)
+    if value == "entropy_ratio":
+        for i, layer in enumerate(grid.index):
+            for j, head in enumerate(grid.columns):
+                if grid.loc[layer, head] >= result.overload_threshold:
+                    ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="cyan", lw=1.5))
+    default = {"entropy_ratio": f"mean entropy / log T (outlined: ≥ {result.overload_threshold:g}, overload)",
+               "normalized_entropy": "mean per-query H / log(visible keys) (variant)"}.get(value, value)
+    ax.set_title(title or default, fontsize="small")
+    return ax
+
+
+def plot_sink_mass(result, ax=None, title: str = "") -> plt.Axes:
+    """Per head: mean attention on the first real token, by layer, with the sink threshold ε drawn
+    (Gu et al. 2024: the sink rate is the share of heads above ε)."""
+    ax = _ax(ax)
+    heads = result.head_frame()
+    jitter = (heads["head"] - heads["head"].max() / 2) / max(4 * (heads["head"].max() + 1), 1)
+    colors = np.where(heads.sink, "tab:red", "tab:blue")
+    ax.scatter(heads.layer + jitter, heads.first_token_mass, c=colors, s=14)
+    rate = result.summary()["sink_rate"]
+    ax.axhline(result.sink_threshold, color="k", ls="--", lw=1,
+               label=f"ε = {result.sink_threshold:g} (sink rate {rate:.2f})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"mean first-token mass (queries ≥ {result.skip_queries})")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="x-small")
+    ax.set_title(title or "attention sinks per head", fontsize="small")
+    return ax
+
+
+def plot_entropy_by_position(result, ax=None, title: str = "", stat: str = "mean_normalized") -> plt.Axes:
+    """Heatmap of H / log(visible keys) per head (rows L·H·) and query-position bucket (columns).
+
+    ``stat``: a column of ``bucket_frame()`` ("mean_normalized", "median", "q10", "q90",
+    "share_above_threshold").
+    """
+    ax = _ax(ax)
+    frame = result.bucket_frame()
+    frame = frame.assign(row=[f"L{l}H{h}" for l, h in zip(frame.layer, frame["head"])])
+    order = list(dict.fromkeys(frame.row))
+    buckets = list(dict.fromkeys(frame.sort_values("pos_low").bucket))
+    grid = frame.pivot(index="row", columns="bucket", values=stat).reindex(index=order, columns=buckets)
+    sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="magma", annot=grid.size <= 64, fmt=".2f")
+    ax.set_xlabel("query position bucket")
+    ax.set_ylabel("")
+    ax.set_title(title or f"H / log(visible keys): {stat}", fontsize="small")
     return ax
 
 
@@ -36,14 +89,22 @@ def plot_residual_growth(frames: dict[str, pd.DataFrame], ax=None, value: str = 
     return ax
 
 
-def plot_s_curve(result, ax=None, slots=None, title: str = "") -> plt.Axes:
-    """Norm input vs output scatter per slot (the DyT paper's S-curve)."""
+def plot_s_curve(result, ax=None, slots=None, title: str = "", fit: bool = True) -> plt.Axes:
+    """Norm input vs normalized output (before the affine) per slot, the DyT paper's S-curve,
+    with each slot's fitted a·tanh(b·x) + c drawn over it (``fit``)."""
     ax = _ax(ax)
+    fits = result.fit_frame().set_index("slot") if fit and result.slots else None
     for slot in slots or result.slots:
-        ax.scatter(result.inputs[slot], result.outputs[slot], s=2, alpha=0.4, label=slot)
-    ax.set_xlabel("norm input")
-    ax.set_ylabel("norm output")
-    ax.set_title(title)
+        dots = ax.scatter(result.inputs[slot], result.outputs[slot], s=2, alpha=0.4, label=slot)
+        if fits is not None and fits.loc[slot, "shape"] != "undefined":
+            row = fits.loc[slot]
+            xs = np.linspace(np.min(result.inputs[slot]), np.max(result.inputs[slot]), 200)
+            ax.plot(xs, row.tanh_a * np.tanh(row.tanh_b * xs) + row.tanh_c, color=dots.get_facecolor()[0],
+                    lw=1, alpha=0.9)
+    ax.set_xlabel("norm input x")
+    pre = all(result.pre_affine.get(s, False) for s in (slots or result.slots))
+    ax.set_ylabel("normalized output (before the affine)" if pre else "norm output")
+    ax.set_title(title, fontsize="small")
     ax.legend(fontsize="x-small", markerscale=4)
     return ax
 
@@ -68,7 +129,27 @@ def plot_angular_heatmap(result, ax=None, title: str = "") -> plt.Axes:
                 annot=result.angular.shape[0] <= 8, fmt=".2f")
     ax.set_xlabel("depth")
     ax.set_ylabel("depth")
-    ax.set_title(title or "angular distance")
+    where = {"last": "last token", "all": "all tokens"}.get(getattr(result, "angular_positions", "all"), "")
+    ax.set_title(title or f"angular distance ({where})", fontsize="small")
+    return ax
+
+
+def plot_block_effectiveness(result, ax=None, title: str = "", value: str = "skip_loss_delta") -> plt.Axes:
+    """Per block of an EffectivenessResult: ``value`` ("skip_loss_delta" or "angular_in_out") with its
+    bootstrap interval over sequences as error bars."""
+    if value not in ("skip_loss_delta", "angular_in_out"):
+        raise ValueError(f"value must be 'skip_loss_delta' or 'angular_in_out', got {value!r}")
+    ax = _ax(ax)
+    frame = result.interval_frame()
+    low, high = (frame.skip_low, frame.skip_high) if value == "skip_loss_delta" else (frame.angular_low,
+                                                                                      frame.angular_high)
+    y = frame[value]
+    err = np.vstack([(y - low).fillna(0).clip(lower=0), (high - y).fillna(0).clip(lower=0)])
+    ax.errorbar(frame.layer, y, yerr=err, marker="o", capsize=3)
+    ax.set_xlabel("block")
+    ax.set_ylabel({"skip_loss_delta": "loss change when skipped", "angular_in_out": "angular distance in→out"}[value])
+    ax.set_title(title or f"95 % bootstrap intervals over {int(frame.n_sequences.max()) if len(frame) else 0} sequences",
+                 fontsize="small")
     return ax
 
 

@@ -2,6 +2,7 @@ import contextlib
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -29,11 +30,11 @@ def test_scale_and_s_curve(model64, tokens):
     res = curve.result()
     assert set(res.slots) == set(S.norm_slots(2))
     xin = cache[S.norm_in("blocks.0.ln2")].reshape(-1)
-    xout = cache[S.norm_out("blocks.0.ln2")].reshape(-1)
+    xout = cache[S.norm_hook("blocks.0.ln2", "hook_normalized")].reshape(-1)  # before the affine
     pairs = dict(zip(xin.tolist(), xout.tolist()))
     got_in, got_out = res.inputs["blocks.0.ln2"], res.outputs["blocks.0.ln2"]
-    assert len(got_in) == 50
-    assert all(pairs[a] == b for a, b in zip(got_in, got_out))  # each sample is a true (in, out) pair
+    assert len(got_in) == 50 and all(res.pre_affine.values()) and res.n_seen["blocks.0.ln2"] == 3 * 12 * 16
+    assert all(pairs[a] == b for a, b in zip(got_in, got_out))  # each sample is a true (in, normalized) pair
 
 
 def test_dyt_alpha_and_residual_growth(tokens):
@@ -68,12 +69,17 @@ def test_effectiveness_against_naive(model64, tokens):
     grads_before = [p.grad for p in model64.parameters()]
     state = torch.random.get_rng_state()
     with drawing_from_global_rng(model64):
-        ang = compute_angular_distances(model64, tokens, batch_size=2)
+        ang = compute_angular_distances(model64, tokens, batch_size=2, positions="all")
+        last = compute_angular_distances(model64, tokens, batch_size=2)
     _, cache = model64.run_with_cache(tokens)
     h0, h1 = cache[S.resid_pre(0)], cache[S.resid_post(0)]
-    cos = torch.nn.functional.cosine_similarity(h0, h1, dim=-1)
+    cos = torch.nn.functional.cosine_similarity(h0, h1, dim=-1)  # (batch, pos)
     assert math.isclose(ang[0, 1], float((torch.arccos(cos) / math.pi).mean()), rel_tol=1e-9)
-    assert np.allclose(ang, ang.T) and (ang >= 0).all() and (ang <= 1).all()
+    # the papers' measure: the last token of each sequence only
+    assert math.isclose(last[0, 1], float((torch.arccos(cos[:, -1]) / math.pi).mean()), rel_tol=1e-9)
+    assert not math.isclose(last[0, 1], ang[0, 1], rel_tol=1e-3)
+    for a in (ang, last):
+        assert np.allclose(a, a.T) and (a >= 0).all() and (a <= 1).all() and (np.diag(a) == 0).all()
     with drawing_from_global_rng(model64):
         base, delta = compute_skip_losses(model64, tokens)
     assert math.isclose(base, float(next_token_loss(model64, tokens).detach()), rel_tol=1e-12)
@@ -111,3 +117,29 @@ def test_linear_probes_seeded_and_bounded(model64):
         fit_linear_probes(model64, tokens, "colour")
     with pytest.raises(ValueError, match="kind"):
         fit_linear_probes(model64, tokens, kind="svm")
+
+
+def test_effectiveness_keeps_sequences_for_intervals(model64, tokens, tmp_path):
+    from normlens.probes.effectiveness import EffectivenessResult, compute_effectiveness
+    from normlens.uncertainty import bootstrap_interval
+
+    more = torch.randint(0, 256, (8, 12), generator=torch.Generator().manual_seed(3))
+    res = compute_effectiveness(model64, more, batch_size=3)
+    assert res.angular_positions == "last"
+    assert res.angular_sequences.shape == (8, 3, 3) and res.skip_delta_sequences.shape == (8, 2)
+    per_token = next_token_loss(model64, more, reduction="none").detach().mean(-1)
+    np.testing.assert_allclose(res.base_loss_sequences, per_token.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(res.skip_delta_sequences.mean(0), res.skip_delta, rtol=1e-12)
+    frame = res.interval_frame(n_resamples=300)
+    want = bootstrap_interval(res.skip_delta_sequences[:, 1], n_resamples=300)
+    assert frame.skip_low[1] == want.low and frame.skip_high[1] == want.high
+    assert (frame.angular_low <= frame.angular_in_out).all() and (frame.angular_in_out <= frame.angular_high).all()
+    assert (frame.n_sequences == 8).all()
+    res.save(tmp_path)
+    back = EffectivenessResult.load(tmp_path)
+    assert back.angular_positions == "last"
+    np.testing.assert_array_equal(back.angular_sequences, res.angular_sequences)
+    np.testing.assert_array_equal(back.skip_delta_sequences, res.skip_delta_sequences)
+    pd.testing.assert_frame_equal(back.interval_frame(n_resamples=300), frame)
+    with pytest.raises(ValueError, match="positions must be"):
+        compute_effectiveness(model64, more, positions="first")
