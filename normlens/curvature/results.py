@@ -81,10 +81,13 @@ class EigenResult(_Saveable):
         eigenvectors: (n, k) unit vectors, columns matching ``eigenvalues``.
         residuals: (k,) ||H v - lambda v|| for every pair.
         converged: (k,) residual <= tol * max|lambda|.
-        ends: per pair "largest" or "smallest".
+        ends: per pair "largest", "smallest" or "magnitude".
         n_steps: Lanczos steps taken; n_matvecs: operator products used.
         param_names / param_shapes: how a flat vector maps onto the parameters
             (empty for a plain matrix).
+        which: the rule that chose the pairs ("largest" = algebraically largest).
+        warning: why the result should not be trusted ("" when every pair converged).
+        excluded: the operator's note on parameters left out (unused by the forward).
     """
 
     eigenvalues: np.ndarray
@@ -98,6 +101,9 @@ class EigenResult(_Saveable):
     seed: int
     param_names: tuple[str, ...] = ()
     param_shapes: tuple[tuple[int, ...], ...] = ()
+    which: str = "largest"
+    warning: str = ""
+    excluded: str = ""
 
     @property
     def all_converged(self) -> bool:

@@ -1,6 +1,8 @@
 """Tiny seeded models and their dense Hessian / GGN: the oracles of the curvature tests."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -69,7 +71,13 @@ def make_zoo(norm: str, dtype=torch.float64) -> nn.Module:
 
 
 def _flat_function(model, params, fn):
-    """(flat parameters of the selected subset) -> fn(model with them), others fixed."""
+    """(flat parameters of the selected subset) -> fn(model with them), others fixed.
+
+    Runs on a copy: torch.func.functional_call leaves plain tensors behind in a
+    TransformerLens bridge (a module reachable by two paths), which would break the
+    caller's model for later tests.
+    """
+    model = copy.deepcopy(model)
     infos = select_parameters(model, params)
     by_key = dict(model.named_parameters())
     tensors = [by_key[i.key].detach() for i in infos]
