@@ -99,6 +99,7 @@ class BasisPlan:
     work_vectors: int
     spill_dir: str
     max_basis_bytes: int | None
+    label: str = "Lanczos basis"
 
     @property
     def vector_bytes(self) -> int:
@@ -117,7 +118,7 @@ class BasisPlan:
         """One line: what the basis needs and where it goes."""
         dtype = str(self.dtype).replace("torch.", "")
         line = (
-            f"Lanczos basis: {self.n_vectors} vectors x {self.n:,} {dtype} = "
+            f"{self.label}: {self.n_vectors} vectors x {self.n:,} {dtype} = "
             f"{format_bytes(self.n_vectors * self.vector_bytes)}"
         )
         if self.spilled:
@@ -145,6 +146,7 @@ def plan_basis(
     max_basis_bytes: int | None = None,
     spill_dir: str | os.PathLike | None = None,
     work_vectors: int = WORK_VECTORS,
+    label: str = "Lanczos basis",
 ) -> BasisPlan:
     """Split ``n_vectors`` basis vectors of ``n`` entries between memory and a spill file.
 
@@ -161,7 +163,7 @@ def plan_basis(
     return BasisPlan(
         n=int(n), n_vectors=int(n_vectors), dtype=dtype, device=str(torch.device(device)),
         in_memory=int(in_memory), spilled=int(n_vectors - in_memory), work_vectors=int(work_vectors),
-        spill_dir=str(spill_dir or tempfile.gettempdir()), max_basis_bytes=max_basis_bytes,
+        spill_dir=str(spill_dir or tempfile.gettempdir()), max_basis_bytes=max_basis_bytes, label=label,
     )
 
 

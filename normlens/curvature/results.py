@@ -132,9 +132,11 @@ class TraceResult(_Saveable):
     """A stochastic trace estimate with its standard error.
 
     Attributes:
-        estimate: the trace estimate; std_error: its standard error.
+        estimate: the trace estimate; std_error: its standard error (NaN when
+            there is none: fewer than 2 probes; see ``has_std_error``).
         samples: the per-probe quadratic forms of the stochastic part.
         exact_part: Hutch++'s deterministic tr(Q^T H Q) (0 for Hutchinson).
+        note: why there is no error estimate, or that the result is exact ("" otherwise).
     """
 
     estimate: float
@@ -145,6 +147,19 @@ class TraceResult(_Saveable):
     seed: int
     samples: np.ndarray
     exact_part: float = 0.0
+    note: str = ""
+
+    @property
+    def has_std_error(self) -> bool:
+        """True when ``std_error`` is a number (at least 2 probes, or exact)."""
+        return math.isfinite(self.std_error)
+
+    def describe(self, digits: int = 4) -> str:
+        """'12.34 ± 0.56', or '12.34 (no error estimate (need >= 2 probes))'."""
+        value = f"{self.estimate:.{digits}g}"
+        if self.has_std_error and not self.note:
+            return f"{value} ± {self.std_error:.2g}"
+        return f"{value} ({self.note})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +171,7 @@ class DensityResult(_Saveable):
         nodes: (n_probes, n_steps) Ritz values; weights: same shape, squared
             first components of the Ritz vectors, each row summing to 1.
         sigma: width of the Gaussian kernel.
+        excluded: the operator's note on parameters left out (unused by the forward).
     """
 
     grid: np.ndarray
@@ -167,6 +183,7 @@ class DensityResult(_Saveable):
     n_probes: int
     n_steps: int
     seed: int
+    excluded: str = ""
 
     @property
     def node_weights(self) -> np.ndarray:
@@ -198,11 +215,26 @@ class DensityResult(_Saveable):
 
     @property
     def kh(self) -> float:
-        """LLA criterion Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2."""
-        w, theta = self.node_weights.ravel(), self.nodes.ravel()
-        negative = float(np.sum(w[theta < 0] * np.sqrt(-theta[theta < 0])))
-        positive = float(np.sum(w[theta > 0] * np.sqrt(theta[theta > 0])))
-        return negative / positive if positive > 0 else math.inf
+        """LLA criterion Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 (all probes)."""
+        return kh_of(self.nodes, self.node_weights)
+
+    @property
+    def kh_per_probe(self) -> np.ndarray:
+        """(n_probes,) Kh of each probe's quadrature alone: its spread shows the estimator's noise."""
+        return np.array([kh_of(nodes, weights) for nodes, weights in zip(self.nodes, self.weights)])
+
+    @property
+    def re_per_probe(self) -> np.ndarray:
+        """(n_probes,) re = |lambda_min / lambda_max| from each probe's extreme Ritz values."""
+        return np.array([abs(row.min() / row.max()) if row.max() != 0 else math.inf for row in self.nodes])
+
+
+def kh_of(nodes: np.ndarray, weights: np.ndarray) -> float:
+    """Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 over nodes/weights of any shape."""
+    w, theta = np.ravel(weights), np.ravel(nodes)
+    negative = float(np.sum(w[theta < 0] * np.sqrt(-theta[theta < 0])))
+    positive = float(np.sum(w[theta > 0] * np.sqrt(theta[theta > 0])))
+    return negative / positive if positive > 0 else math.inf
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,6 +289,7 @@ class BlockSpectrumResult(_Saveable):
         blocks: block labels, e.g. "blocks.0.attn"; n_params: (B,) their sizes.
         top_eigenvalues: (B,) largest eigenvalue of the block's Hessian (NaN if
             the model diverged); residuals: (B,) ||Hv - lambda v||.
+        excluded: note on parameters left out because the forward does not use them.
     """
 
     model: str
@@ -265,6 +298,7 @@ class BlockSpectrumResult(_Saveable):
     top_eigenvalues: np.ndarray
     residuals: np.ndarray
     n_steps: int
+    excluded: str = ""
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
