@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -217,13 +218,58 @@ def check_finite_weights(model: nn.Module) -> None:
     Cheap (one pass over the weights); run it before any analysis that differentiates
     or perturbs the model, since NaN weights make every loss and curvature NaN.
     """
+    shown = {info.key: info.name for info in describe_parameters(model)}
     for key, param in model.named_parameters():
         finite = torch.isfinite(param.detach())
         if not bool(finite.all()):
             bad = param.detach()[~finite]
             n_nan = int(torch.isnan(bad).sum())
             raise NonFiniteWeightsError(
-                f"weights of {clean_name(key)} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf "
+                f"weights of {shown.get(key, clean_name(key))} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf "
                 f"of {param.numel()} entries); the model diverged or was loaded wrongly: "
                 "analyse a checkpoint from before the divergence"
             )
+
+
+# ------------------------------------------------- running a model on other tensors
+
+def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """``named_parameters`` key -> every distinct (module, attribute) that holds that tensor.
+
+    One tensor can sit in several slots: a TransformerLens bridge reaches a module by
+    two paths, and tied weights (GPT-2's embedding and unembedding) are one tensor in
+    two modules. :func:`swapped_parameters` fills every slot, which
+    ``torch.func.functional_call`` does not always do on a bridge (GPT-2's tied
+    unembedding kept the original weight, so gradients missed that path).
+    """
+    key_of = {id(p): key for key, p in model.named_parameters()}
+    slots: dict[str, list[tuple[nn.Module, str]]] = {key: [] for key in key_of.values()}
+    seen: set[tuple[int, str]] = set()
+    for module in model.modules():  # every module object once
+        for attr, p in module._parameters.items():
+            if p is not None and id(p) in key_of and (id(module), attr) not in seen:
+                seen.add((id(module), attr))
+                slots[key_of[id(p)]].append((module, attr))
+    return slots
+
+
+@contextmanager
+def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
+                       tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the model with ``tensors`` (by ``named_parameters`` key) in every slot of those parameters.
+
+    Works under autograd and ``torch.func`` transforms; the original Parameter objects
+    are put back, in reverse order, even if the forward raises.
+    """
+    saved: list[tuple[nn.Module, str, Any]] = []
+    try:
+        for key, tensor in tensors.items():
+            if key not in slots:
+                raise KeyError(f"the model has no parameter named {key!r}")
+            for module, attr in slots[key]:
+                saved.append((module, attr, module._parameters[attr]))
+                module._parameters[attr] = tensor
+        yield
+    finally:
+        for module, attr, original in reversed(saved):
+            module._parameters[attr] = original

@@ -17,8 +17,10 @@ Two ways to compute H_b v (both exact):
 J the Jacobian of the model outputs z and H_z the Hessian of the loss in z
 (Schraudolph 2002); for cross-entropy H_z is positive semi-definite, so G is.
 
-The model is never modified: products run through ``torch.func.functional_call``
-on detached copies of the parameters, in eval mode, with the RNG state restored.
+The model is never modified: products run on detached copies of the parameters
+put in every slot that holds them (:func:`normlens.parameters.swapped_parameters`;
+``torch.func.functional_call`` missed the tied unembedding of a GPT-2 bridge), in
+eval mode, with the RNG state restored and the original Parameters put back.
 
 Parameters: by default every trainable parameter that the forward uses. Those
 that receive no gradient (a TransformerLens bridge of Hugging Face GPT-2 keeps
@@ -40,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import grad, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from normlens.losses import logits_loss, model_logits, next_token_loss
@@ -51,7 +53,9 @@ from normlens.parameters import (
     describe_exclusion,
     drop_unused,
     find_unused_parameters,
+    parameter_slots,
     select_parameters,
+    swapped_parameters,
 )
 from normlens.hygiene import check_train_mode, eval_mode, rng_preserved
 from normlens.curvature.results import unflatten
@@ -114,18 +118,6 @@ def math_attention() -> Iterator[None]:
         yield
 
 
-class _LossModule(nn.Module):
-    """Wraps model + loss so functional_call can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Batch], torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.fn(self.model, batch)
-
-
 # -------------------------------------------------------------- operators
 
 class CurvatureOperator:
@@ -169,9 +161,8 @@ class CurvatureOperator:
         selected = set(self._selected_keys)
         # A snapshot: the operator is the curvature at the weights it was built at,
         # whatever happens to the model afterwards.
-        self._frozen = {
-            "model." + key: p.detach().clone() for key, p in by_key.items() if key not in selected
-        }
+        self._frozen = {key: p.detach().clone() for key, p in by_key.items() if key not in selected}
+        self._slots = parameter_slots(model)
         self._theta = [by_key[key].detach().clone() for key in self._selected_keys]
         dtypes = {t.dtype for t in self._theta}
         if len(dtypes) != 1:
@@ -201,9 +192,9 @@ class CurvatureOperator:
     def _call(self, fn: Callable, theta: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
         """fn(model with parameters ``theta``, batch), the other parameters frozen; math attention."""
         overrides = dict(self._frozen)
-        overrides.update(("model." + key, t) for key, t in zip(self._selected_keys, theta))
-        with math_attention():
-            return functional_call(_LossModule(self.model, fn), overrides, (batch,), strict=False)
+        overrides.update(zip(self._selected_keys, theta))
+        with swapped_parameters(self._slots, overrides), math_attention():
+            return fn(self.model, batch)
 
     @staticmethod
     def _check_loss(loss: Any, index: int) -> None:
