@@ -3,9 +3,10 @@
 Vectors are stored as rows of blocks. A block lives on the operator's device
 while the in-memory bytes stay within ``max_bytes``; later blocks are NumPy
 memory maps of a temporary file (unlinked at once, so nothing is left behind
-even after a crash). Spilling keeps full reorthogonalization exact: a spilled
-vector is read back bit for bit, so a run with a budget gives the same basis as
-one without, at the price of reading the spilled blocks once per projection pass.
+even after a crash). Spilling keeps full reorthogonalization: a spilled vector
+is read back bit for bit, so a run with a budget gives the basis of a run without
+one (up to the order of floating-point sums), at the price of reading the spilled
+blocks once per projection pass (twice when a second pass is needed).
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ def estimate_trace(
         n_matvecs: products to spend. Hutchinson: at least 1. Hutch++: at least
             3, used as m/3 for the sketch, m/3 to project, the rest for the
             Hutchinson part. A standard error needs at least 2 Hutchinson probes
-            (Hutch++: n_matvecs >= 8, or the sketch spanning the whole space);
+            (Hutch++: n_matvecs >= 4, or a sketch spanning the whole space);
             with fewer the result says so (``has_std_error`` False, ``note``).
         method: "hutch++" (default) or "hutchinson".
         seed: seeds the random probes (drawn on the operator's device, in its dtype).
