@@ -312,6 +312,110 @@ class BlockSpectrumResult(_Saveable):
         )
 
 
+@dataclass(frozen=True, eq=False)
+class BatchCurvatureResult(_Saveable):
+    """Top eigenvalues and LLA criteria per batch and for the average over batches.
+
+    Attributes:
+        eigenvalues / residuals / eigen_converged: (B, k) per batch, columns in
+            the order of ``ends`` (see :class:`EigenResult`).
+        re, kh: (B,) LLA criteria of each batch's SLQ density.
+        batch_weights: (B,) the weights of the averaged operator (batch sizes by default).
+        average_*: the same on the operator of the weighted average loss (NaN
+            when it was not computed).
+        converged: every eigenpair (per batch and average) met its residual tolerance.
+        warning: non-convergence, a single batch, or metrics whose standard error
+            across batches exceeds ``max_relative_error`` of their mean ("" if none).
+        excluded: note on parameters left out because the forward does not use them.
+
+    Per-batch means and standard errors are unweighted (each batch one sample).
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigen_converged: np.ndarray
+    re: np.ndarray
+    kh: np.ndarray
+    batch_weights: np.ndarray
+    average_eigenvalues: np.ndarray
+    average_residuals: np.ndarray
+    average_converged: np.ndarray
+    average_re: float
+    average_kh: float
+    ends: tuple[str, ...]
+    which: str
+    n_steps: int
+    density_probes: int
+    density_steps: int
+    seed: int
+    max_relative_error: float
+    converged: bool
+    warning: str
+    excluded: str = ""
+
+    @property
+    def n_batches(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    @staticmethod
+    def eigenvalue_labels(ends: tuple[str, ...] | list[str]) -> list[str]:
+        """Metric names of the eigenvalue columns: lambda_1, lambda_2 (largest), lambda_min_1 (smallest),
+        lambda_abs_1 (largest magnitude)."""
+        prefix = {"largest": "lambda_", "smallest": "lambda_min_", "magnitude": "lambda_abs_"}
+        counts: dict[str, int] = {}
+        labels = []
+        for end in ends:
+            counts[end] = counts.get(end, 0) + 1
+            labels.append(f"{prefix[end]}{counts[end]}")
+        return labels
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """Metric name -> (B,) per-batch values: the eigenvalue labels, "re" and "kh"."""
+        out = {label: self.eigenvalues[:, i] for i, label in enumerate(self.eigenvalue_labels(self.ends))}
+        out.update(re=self.re, kh=self.kh)
+        return out
+
+    def average_of(self, metric: str) -> float:
+        """The averaged operator's value of ``metric``."""
+        if metric == "re":
+            return float(self.average_re)
+        if metric == "kh":
+            return float(self.average_kh)
+        return float(self.average_eigenvalues[self.eigenvalue_labels(self.ends).index(metric)])
+
+    def std_error(self, metric: str) -> float:
+        """Standard error of the per-batch mean of ``metric`` (NaN for fewer than 2 batches)."""
+        from normlens.uncertainty import standard_error
+
+        return standard_error(self.metrics()[metric])
+
+    def interval(self, metric: str, *, level: float = 0.95, seed: int = 0):
+        """Bootstrap interval (:func:`normlens.uncertainty.bootstrap_interval`) of the per-batch mean."""
+        from normlens.uncertainty import bootstrap_interval
+
+        return bootstrap_interval(self.metrics()[metric], level=level, seed=seed)
+
+    def summary(self, *, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+        """One row per metric: averaged operator, per-batch mean, standard error, interval, range."""
+        rows = []
+        for metric, values in self.metrics().items():
+            interval = self.interval(metric, level=level, seed=seed)
+            se = self.std_error(metric)
+            rows.append({
+                "metric": metric,
+                "average": self.average_of(metric),
+                "batch_mean": interval.estimate,
+                "std_error": se,
+                "relative_error": se / abs(interval.estimate) if interval.estimate else math.nan,
+                "low": interval.low,
+                "high": interval.high,
+                "min": float(np.nanmin(values)),
+                "max": float(np.nanmax(values)),
+                "n_batches": self.n_batches,
+            })
+        return pd.DataFrame(rows)
+
+
 def unflatten(
     vector: torch.Tensor, names: tuple[str, ...] | list[str], shapes: tuple[tuple[int, ...], ...] | list
 ) -> dict[str, torch.Tensor]:

@@ -1,8 +1,6 @@
 """Tiny seeded models and their dense Hessian / GGN: the oracles of the curvature tests."""
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -73,20 +71,25 @@ def make_zoo(norm: str, dtype=torch.float64) -> nn.Module:
 def _flat_function(model, params, fn):
     """(flat parameters of the selected subset) -> fn(model with them), others fixed.
 
-    Runs on a copy: torch.func.functional_call leaves plain tensors behind in a
-    TransformerLens bridge (a module reachable by two paths), which would break the
-    caller's model for later tests.
+    torch.func.functional_call leaves plain tensors behind in a TransformerLens bridge
+    (a module reachable by two paths), which would break the model for later tests, so
+    every Parameter object is put back after each call. (A deep copy is no way out:
+    a copied bridge's hooks still write into the original's attention.)
     """
-    model = copy.deepcopy(model)
     infos = select_parameters(model, params)
     by_key = dict(model.named_parameters())
     tensors = [by_key[i.key].detach() for i in infos]
     sizes = [t.numel() for t in tensors]
     flat = torch.cat([t.reshape(-1) for t in tensors])
+    originals = [(m, name, p) for m in model.modules() for name, p in m._parameters.items()]
 
     def call(x):
         d = {i.key: c.view(t.shape) for i, c, t in zip(infos, x.split(sizes), tensors)}
-        return fn(lambda *a: functional_call(model, d, a))
+        try:
+            return fn(lambda *a: functional_call(model, d, a))
+        finally:
+            for m, name, p in originals:
+                m._parameters[name] = p
 
     return call, flat
 
