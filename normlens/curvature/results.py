@@ -247,8 +247,12 @@ class WeightSpectraResult(_Saveable):
             delimit them (use :meth:`eigenvalues_of`).
         alphas, xmins, ks_distances, n_tail: the power-law tail fit per matrix
             (p(x) ~ x^-alpha for x >= xmin; Kolmogorov-Smirnov distance).
-        farms: whether the FARMS fixed-aspect-ratio submatrix ESD was used.
-        aspect_ratio: rows/cols of the FARMS submatrices (0 when not used).
+        method: "esd" (whole matrix) or "farms" (pooled fixed-size windows).
+        xmin_rule: "ks" (KS-chosen xmin) or "median" (the FARMS authors' xmin_mid).
+        window / max_windows: the FARMS window (rows, cols) and positions per
+            dimension asked for ((0, 0) and 0 for "esd").
+        n_windows / window_shapes: per matrix, windows pooled and the window used
+            (smaller than ``window`` for a small matrix; the matrix itself for "esd").
     """
 
     names: tuple[str, ...]
@@ -259,8 +263,16 @@ class WeightSpectraResult(_Saveable):
     xmins: np.ndarray
     ks_distances: np.ndarray
     n_tail: np.ndarray
-    farms: bool
-    aspect_ratio: float
+    method: str = "esd"
+    xmin_rule: str = "ks"
+    window: tuple[int, int] = (0, 0)
+    max_windows: int = 0
+    n_windows: tuple[int, ...] = ()
+    window_shapes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def farms(self) -> bool:
+        return self.method == "farms"
 
     def eigenvalues_of(self, name: str) -> np.ndarray:
         if name not in self.names:
@@ -277,6 +289,8 @@ class WeightSpectraResult(_Saveable):
                 "xmin": self.xmins,
                 "ks_distance": self.ks_distances,
                 "n_tail": self.n_tail,
+                "method": self.method,
+                "xmin_rule": self.xmin_rule,
             }
         )
 
