@@ -3,13 +3,16 @@
 Vectors are stored as rows of blocks. A block lives on the operator's device
 while the in-memory bytes stay within ``max_bytes``; later blocks are NumPy
 memory maps of a temporary file (unlinked at once, so nothing is left behind
-even after a crash). Spilling keeps full reorthogonalization: a spilled vector
+even after a crash); their pages are released after every write and read
+(``madvise(MADV_DONTNEED)``), so the process holds at most one spilled block
+at a time and the rest stays in the file. Spilling keeps full reorthogonalization: a spilled vector
 is read back bit for bit, so a run with a budget gives the basis of a run without
 one (up to the order of floating-point sums), at the price of reading the spilled
 blocks once per projection pass (twice when a second pass is needed).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 
@@ -54,7 +57,8 @@ class LanczosBasis:
         self.block_rows = max(1, BLOCK_BYTES // max(self.vector_bytes, 1))
         self.max_in_memory = None if max_bytes is None else int(max_bytes) // max(self.vector_bytes, 1)
         self.spill_dir = str(spill_dir or tempfile.gettempdir())
-        self._blocks: list[torch.Tensor | np.memmap] = []  # (rows, n) each
+        self._blocks: list[torch.Tensor | np.ndarray] = []  # (rows, n) each: tensors, or arrays over a map
+        self._maps: dict[int, mmap.mmap] = {}  # block index -> its memory map
         self._counts: list[int] = []  # filled rows per block
         self.in_memory = 0  # vectors held in memory
         self.spilled = 0  # vectors held in spill files
@@ -72,13 +76,17 @@ class LanczosBasis:
         else:
             os.makedirs(self.spill_dir, exist_ok=True)
             fd, path = tempfile.mkstemp(prefix="normlens-lanczos-", suffix=".bin", dir=self.spill_dir)
-            os.close(fd)
-            block = np.memmap(path, dtype=_NUMPY[self.dtype], mode="w+", shape=(rows, self.n))
             try:
-                os.unlink(path)  # the mapping keeps the data; no file is left behind
-            except OSError:  # pragma: no cover - platforms that cannot unlink an open file
-                pass
-            self._blocks.append(block)
+                os.ftruncate(fd, rows * self.vector_bytes)
+                mapped = mmap.mmap(fd, rows * self.vector_bytes)
+            finally:
+                os.close(fd)
+                try:
+                    os.unlink(path)  # the mapping keeps the data; no file is left behind
+                except OSError:  # pragma: no cover - platforms that cannot unlink an open file
+                    pass
+            self._maps[len(self._blocks)] = mapped
+            self._blocks.append(np.frombuffer(mapped, dtype=_NUMPY[self.dtype]).reshape(rows, self.n))
         self._counts.append(0)
 
     def _memory_rows(self) -> int:
@@ -95,28 +103,38 @@ class LanczosBasis:
             self.in_memory += 1
             return block[row]
         block[row] = vector.detach().to("cpu", self.dtype).numpy()
+        self._release(len(self._blocks) - 1)
         self.spilled += 1
         return vector
 
+    def _release(self, index: int) -> None:
+        """Drop a spilled block's pages from this process (the data stays in the file)."""
+        mapped = self._maps.get(index)
+        if mapped is not None and hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_DONTNEED)
+
     def _filled(self):
         """(rows, n) tensors on the device, one per block: memory views, or spilled rows read back."""
-        for block, count in zip(self._blocks, self._counts):
+        for index, (block, count) in enumerate(zip(self._blocks, self._counts)):
             if count == 0:
                 continue
             if isinstance(block, torch.Tensor):
                 yield block[:count]
             else:
-                yield torch.from_numpy(np.asarray(block[:count])).to(self.device)
+                yield torch.from_numpy(block[:count]).to(self.device)  # reads the pages (no copy on CPU)
+                self._release(index)
 
     def vector(self, index: int) -> torch.Tensor:
         """q_index (a view when in memory, a copy read back when spilled)."""
         if not 0 <= index < len(self):
             raise IndexError(f"basis has {len(self)} vectors, asked for {index}")
-        for block, count in zip(self._blocks, self._counts):
+        for position, (block, count) in enumerate(zip(self._blocks, self._counts)):
             if index < count:
                 if isinstance(block, torch.Tensor):
                     return block[index]
-                return torch.from_numpy(np.array(block[index])).to(self.device)
+                vector = torch.from_numpy(np.array(block[index])).to(self.device)  # a copy
+                self._release(position)
+                return vector
             index -= count
         raise IndexError(index)  # pragma: no cover
 
@@ -139,11 +157,14 @@ class LanczosBasis:
             w = self.project_out(w)
         return w
 
-    def combine(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """Q S for S (len, k): (n, k) in the basis dtype on its device."""
+    def combine(self, coefficients: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Q S for S (len, k): (n, k) in the basis dtype on its device (written into ``out`` if given)."""
         if coefficients.shape[0] != len(self):
             raise ValueError(f"need {len(self)} coefficient rows, got {tuple(coefficients.shape)}")
-        out = torch.zeros(self.n, coefficients.shape[1], dtype=self.dtype, device=self.device)
+        if out is None:
+            out = torch.zeros(self.n, coefficients.shape[1], dtype=self.dtype, device=self.device)
+        else:
+            out.zero_()
         start = 0
         for block in self._filled():
             rows = block.shape[0]

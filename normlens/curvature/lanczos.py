@@ -303,42 +303,52 @@ def compute_eigenpairs(
         run = lanczos(op, min(max_steps, run.n_steps + max(run.n_steps // 2, 10)),
                       generator=generator, previous=run)
 
-    vectors = run.basis.combine(s[:, idx])  # (n, k_total) Ritz vectors, basis dtype
+    # Ritz vectors, written straight into the result's host array when the basis is on the CPU
+    host = np.empty((n, len(idx)), dtype=np.float32 if dtype == torch.float32 else np.float64)
+    vectors = run.basis.combine(s[:, idx], out=torch.from_numpy(host) if device.type == "cpu" else None)
+    n_steps_taken, matvecs = run.n_steps, run.n_matvecs
+    del run  # the basis is no longer needed: free it before the residual products
     vectors /= torch.linalg.vector_norm(vectors, dim=0, keepdim=True, dtype=torch.float64).to(vectors.dtype)
     # sign convention: the entry of largest magnitude is positive
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
     vectors *= torch.where(signs == 0, torch.ones_like(signs), signs)
     values = theta[idx]
-    matvecs = run.n_matvecs
-    if exact_residuals:
-        products = apply_columns(op, vectors)
-        products -= vectors * values.to(vectors.device, vectors.dtype)
-        residuals = torch.linalg.vector_norm(products, dim=0, dtype=torch.float64).cpu()
-        del products
+    if exact_residuals:  # ||A y - theta y||, one column at a time (one extra vector of memory)
+        norms = []
+        for i in range(len(idx)):
+            product = apply(op, vectors[:, i])
+            product.sub_(vectors[:, i], alpha=float(values[i]))
+            norms.append(norm64(product))
+            del product
+        residuals = torch.tensor(norms, dtype=torch.float64)
         matvecs += len(idx)
     else:
         residuals = estimates  # the Lanczos estimates of the final run, from the loop above
+    if device.type != "cpu":
+        torch.from_numpy(host).copy_(vectors)
+    del vectors
+    host.flags.writeable = False  # handed to the result without a copy
     converged = residuals <= tol * scale
     warning = ""
     if not bool(converged.all()):
         bad = [f"{float(values[i]):.6g} (residual {float(residuals[i]):.2e})"
                for i in range(len(idx)) if not converged[i]]
         warning = (
-            f"Lanczos did not converge after {run.n_steps} steps for {len(bad)} of {len(idx)} "
+            f"Lanczos did not converge after {n_steps_taken} steps for {len(bad)} of {len(idx)} "
             f"eigenpairs: {', '.join(bad)}; tolerance {tol:.1e} x {scale:.3g}. "
             + ("The basis memory allowed no more steps; pass max_basis_bytes to spill to disk. "
-               if capped and run.n_steps >= max_steps else "")
+               if capped and n_steps_taken >= max_steps else "")
             + "Raise n_steps/max_steps (or tol) for reliable values."
         )
         if warn:
             warnings.warn(warning, RuntimeWarning, stacklevel=2)
     return EigenResult(
         eigenvalues=values.cpu().numpy(),
-        eigenvectors=vectors.cpu().numpy(),
+        eigenvectors=host,
         residuals=residuals.cpu().numpy(),
         converged=converged.cpu().numpy(),
         ends=tuple(ends),
-        n_steps=run.n_steps,
+        n_steps=n_steps_taken,
         n_matvecs=matvecs,
         tol=float(tol),
         seed=seed,

@@ -38,8 +38,9 @@ class _Saveable:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
-                value = value.copy()
-                value.setflags(write=False)
+                if value.flags.writeable or value.base is not None:  # an owned read-only array is kept as is
+                    value = value.copy()
+                    value.setflags(write=False)
                 object.__setattr__(self, f.name, value)
 
     def save(self, path: str | os.PathLike) -> Path:
