@@ -3,8 +3,8 @@ from normlens.curvature.batches import estimate_batch_curvature
 from normlens.curvature.density import estimate_density
 from normlens.curvature.distributed import DistributedOperator
 from normlens.hygiene import preserved_state
-from normlens.curvature.lanczos import compute_eigenpairs, lanczos
-from normlens.curvature.memory import MemoryBudgetError, available_memory, plan_basis
+from normlens.curvature.lanczos import compute_eigenpairs, lanczos, plan_eigenpairs
+from normlens.curvature.memory import MemoryBudgetError, available_memory, check_plan, plan_basis
 from normlens.curvature.operators import GGNOperator, HessianOperator, NonFiniteLossError
 from normlens.parameters import (
     NonFiniteWeightsError,
@@ -29,6 +29,6 @@ __all__ = [
     "GGNOperator", "HessianOperator", "MemoryBudgetError", "NonFiniteLossError", "NonFiniteWeightsError",
     "TraceResult", "UnusedParameterError", "WeightSpectraResult", "available_memory", "check_finite_weights",
     "compute_eigenpairs", "compute_weight_spectra", "estimate_batch_curvature", "estimate_density",
-    "estimate_trace", "fit_power_law", "lanczos", "layer_pattern", "plan_basis", "preserved_state",
+    "estimate_trace", "fit_power_law", "lanczos", "layer_pattern", "plan_basis", "plan_eigenpairs", "check_plan", "preserved_state",
     "select_parameters",
 ]

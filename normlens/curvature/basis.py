@@ -142,7 +142,7 @@ class LanczosBasis:
     def project_out(self, w: torch.Tensor) -> torch.Tensor:
         """w - Q Q^T w, one classical Gram-Schmidt pass block by block (in place)."""
         for block in self._filled():  # (rows, n)
-            w.sub_(block.T @ (block @ w))  # (n, rows) @ (rows,)
+            w.addmv_(block.T, block @ w, alpha=-1)  # w -= (n, rows) @ (rows,), no (n,) temporary
         return w
 
     def orthogonalize(self, w: torch.Tensor) -> torch.Tensor:

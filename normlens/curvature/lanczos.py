@@ -21,6 +21,7 @@ Any square tensor or object with ``shape`` and ``@`` works as the operator.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from normlens.curvature.basis import LanczosBasis, dot64, norm64
-from normlens.curvature.memory import basis_dtype, check_plan, max_vectors, plan_basis
+from normlens.curvature.memory import BasisPlan, basis_dtype, check_plan, max_vectors, plan_basis
 from normlens.curvature.operators import as_operator
 from normlens.curvature.results import EigenResult
 
@@ -167,7 +168,7 @@ def lanczos(
                 beta[j - 1] = 0.0
                 q = basis.append(fresh_vector(basis))
             else:
-                q = basis.append(residual / beta[j - 1])
+                q = basis.append(residual.div_(beta[j - 1]))  # in place: no extra vector
         w = apply(op, q)  # A q_j
         matvecs += 1
         if j > 0 and beta[j - 1] != 0.0:
@@ -212,6 +213,45 @@ def _check_k(k: Any, which: str, n: int) -> int:
             "for every eigenvalue of a small operator use torch.linalg.eigh on the dense matrix"
         )
     return k_total
+
+
+def _step_counts(n: int, k_total: int, n_steps: Any, max_steps: Any) -> tuple[int, int]:
+    """(first run length, most steps): defaults max(2 k + 20, 30) and 4x that, at most n."""
+    for name, value in (("n_steps", n_steps), ("max_steps", max_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    first = min(n, max(2 * k_total + 20, 30) if n_steps is None else int(n_steps))
+    if first < k_total:
+        raise ValueError(f"n_steps={first} is below the {k_total} pairs wanted")
+    return first, min(n, max(first, 4 * first if max_steps is None else int(max_steps)))
+
+
+def plan_eigenpairs(
+    n: int,
+    k: int = 5,
+    *,
+    which: str = "largest",
+    n_steps: int | None = None,
+    max_steps: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_basis_bytes: int | None = None,
+    spill_dir: str | os.PathLike | None = None,
+) -> BasisPlan:
+    """The memory :func:`compute_eigenpairs` will plan for its first run on an operator of size ``n``.
+
+    Validates k (below n) and the step counts as ``compute_eigenpairs`` does, so a
+    caller can refuse a request before building a model or an operator:
+    ``check_plan(plan_eigenpairs(n, k, dtype=torch.float32))`` raises
+    :class:`~normlens.curvature.memory.MemoryBudgetError` with the numbers; the
+    plan's ``describe()`` is the one-line estimate.
+    """
+    k_total = _check_k(k, which, n)
+    first, _ = _step_counts(n, k_total, n_steps, max_steps)
+    # besides the basis: the operator's product buffers (2), then the larger of the Lanczos
+    # working vectors (4) and the Ritz vectors with one product and one column (k_total + 2)
+    return plan_basis(n, first, dtype=dtype, device=device, max_basis_bytes=max_basis_bytes,
+                      spill_dir=spill_dir, work_vectors=2 + max(4, k_total + 2))
 
 
 def compute_eigenpairs(
@@ -270,22 +310,18 @@ def compute_eigenpairs(
     """
     op = as_operator(op)
     n = op.shape[0]
-    k_total = _check_k(k, which, n)
-    default_steps = max(2 * k_total + 20, 30)
-    n_steps = min(n, default_steps if n_steps is None else int(n_steps))
-    if n_steps < k_total:
-        raise ValueError(f"n_steps={n_steps} is below the {k_total} pairs wanted")
-    max_steps = min(n, max(n_steps, 4 * n_steps if max_steps is None else int(max_steps)))
+    n_steps, max_steps = _step_counts(n, _check_k(k, which, n), n_steps, max_steps)
     if tol is None:
         tol = 1e-6 if _op_dtype(op) == torch.float64 else 1e-4
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     device, dtype = _op_device(op), basis_dtype(_op_dtype(op))
 
     # Plan the basis before allocating: the first run must fit; extensions stop where memory ends.
-    work = 3 + 2 * k_total  # Lanczos work vectors, then the Ritz vectors and their products
-    check_plan(plan_basis(n, n_steps, dtype=dtype, device=device, max_basis_bytes=max_basis_bytes,
-                          spill_dir=spill_dir, work_vectors=work))
-    room = max_vectors(plan_basis(n, max_steps, dtype=dtype, device=device, max_basis_bytes=max_basis_bytes,
-                                  spill_dir=spill_dir, work_vectors=work))
+    plan = plan_eigenpairs(n, k, which=which, n_steps=n_steps, max_steps=max_steps, dtype=dtype,
+                           device=device, max_basis_bytes=max_basis_bytes, spill_dir=spill_dir)
+    check_plan(plan)
+    room = max_vectors(dataclasses.replace(plan, n_vectors=max_steps))
     capped = room is not None and room < max_steps
     if capped:
         logger.info("Lanczos extensions capped at %d steps (memory for the basis)", max(room, n_steps))
@@ -367,4 +403,5 @@ def ritz_values_and_weights(run: LanczosRun) -> tuple[np.ndarray, np.ndarray]:
     return theta.cpu().numpy(), (weights / weights.sum()).cpu().numpy()
 
 
-__all__ = ["LanczosRun", "lanczos", "compute_eigenpairs", "ritz_values_and_weights", "apply", "WHICH"]
+__all__ = ["LanczosRun", "lanczos", "compute_eigenpairs", "plan_eigenpairs", "ritz_values_and_weights", "apply",
+           "WHICH"]

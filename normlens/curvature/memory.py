@@ -27,12 +27,12 @@ class MemoryBudgetError(ValueError):
 
 
 def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KB' (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1024 or unit == "TB":
+    """1536 -> '1.5 KiB' (powers of 1024)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
-    return f"{count:.1f} TB"  # pragma: no cover
+    return f"{count:.1f} TiB"  # pragma: no cover
 
 
 def _cgroup_free() -> int | None:

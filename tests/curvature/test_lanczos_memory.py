@@ -71,7 +71,7 @@ def test_plan_counts_bytes_and_refuses_with_the_numbers(monkeypatch):
     assert r.n_steps == 60
     # extensions stop where memory ends instead of failing midway
     r = compute_eigenpairs(A, 3, n_steps=30, warn=False)
-    assert r.n_steps <= 50 - (3 + 2 * 3)
+    assert r.n_steps <= 50 - (2 + max(4, 3 + 2))  # basis + working vectors within the 50 that fit
     with pytest.raises(MemoryBudgetError, match="free"):
         monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
         check_plan(spill)
@@ -119,3 +119,18 @@ def test_eigenvector_sign_convention_largest_entry_positive():
             u = u * np.sign(u[np.abs(u).argmax()])
             np.testing.assert_allclose(V[:, j], u, atol=1e-7)
     np.testing.assert_allclose(results[0].eigenvectors, results[1].eigenvectors, atol=1e-7)
+
+
+def test_plan_eigenpairs_validates_before_any_model_exists(monkeypatch):
+    from normlens.curvature import plan_eigenpairs
+
+    plan = plan_eigenpairs(124_439_808, 3, dtype=torch.float32)  # GPT-2 small, default steps
+    assert plan.n_vectors == 30 and plan.vector_bytes == 124_439_808 * 4
+    with pytest.raises(ValueError, match="at most k="):
+        plan_eigenpairs(10, 10)
+    with pytest.raises(ValueError, match="n_steps"):
+        plan_eigenpairs(100, 3, n_steps=0)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 8 * 2**30)
+    with pytest.raises(MemoryBudgetError, match=r"13\.9 GiB .* needs 17\.2 GiB on cpu but 8\.0 GiB is available"):
+        check_plan(plan)  # 30 x 0.46 GiB of basis does not fit in 8 GiB
+    check_plan(plan_eigenpairs(124_439_808, 3, n_steps=8, max_basis_bytes=2 * 2**30))
