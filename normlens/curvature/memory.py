@@ -154,6 +154,10 @@ def plan_basis(
         max_basis_bytes: bytes of basis kept in memory; the vectors beyond it go
             to a memory-mapped file in ``spill_dir``. None: all in memory.
         spill_dir: folder of the spill file; default the system's temporary folder.
+
+    >>> plan = plan_basis(1000, 10, dtype=torch.float64, max_basis_bytes=4 * 8000)
+    >>> plan.in_memory, plan.spilled, plan.memory_bytes  # 4 basis + 3 working vectors of 8000 bytes
+    (4, 6, 56000)
     """
     if max_basis_bytes is not None and (not isinstance(max_basis_bytes, int) or max_basis_bytes < 0):
         raise ValueError(f"max_basis_bytes must be a non-negative integer (bytes), got {max_basis_bytes!r}")

@@ -76,9 +76,10 @@ class EigenResult(_Saveable):
     """Eigenpairs of a curvature operator from Lanczos.
 
     Attributes:
-        eigenvalues: (k,) for which="largest" in descending order, for "smallest"
-            in ascending order; for "both" the k largest (descending) then the k
-            smallest (ascending); ``ends`` says which is which.
+        eigenvalues: (k,) for which="largest" (algebraically largest, not largest
+            in magnitude) in descending order, for "smallest" in ascending order;
+            for "both" the k largest (descending) then the k smallest (ascending);
+            for "magnitude" by descending |lambda|; ``ends`` says which is which.
         eigenvectors: (n, k) unit vectors, columns matching ``eigenvalues``.
         residuals: (k,) ||H v - lambda v|| for every pair.
         converged: (k,) residual <= tol * max|lambda|.
@@ -298,7 +299,7 @@ class WeightSpectraResult(_Saveable):
 
 @dataclass(frozen=True, eq=False)
 class BlockSpectrumResult(_Saveable):
-    """Top Hessian eigenvalue restricted to each parameter block of one model.
+    """Top (algebraically largest) Hessian eigenvalue restricted to each parameter block of one model.
 
     Attributes:
         blocks: block labels, e.g. "blocks.0.attn"; n_params: (B,) their sizes.

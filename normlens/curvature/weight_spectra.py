@@ -194,7 +194,9 @@ def compute_weight_spectra(
         min_tail: fewest eigenvalues a tail fit may use.
 
     Weights are taken as ``nn.Linear`` stores them (out x in); GPT-2's ``Conv1D``
-    weights, stored (in, out), are transposed first. Matrices with NaN/inf
+    weights, stored (in, out), are transposed first. The default selection also
+    holds embedding matrices, which the FARMS authors' code skips (it reads
+    ``nn.Linear`` and ``nn.Conv2d`` layers only); pass ``params`` to match it. Matrices with NaN/inf
     entries (a diverged model) get an empty ESD and alpha NaN.
     """
     if method not in METHODS:
