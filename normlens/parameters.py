@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -174,3 +175,101 @@ def describe_exclusion(unused: Sequence[ParamInfo]) -> str:
     size = f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count}"
     names = ", ".join(info.name for info in unused[:3]) + (", ..." if len(unused) > 3 else "")
     return f"excluded {size} parameters that the forward does not use ({names})"
+
+
+class UnusedParameterError(ValueError):
+    """Parameters asked for by name receive no gradient from the forward."""
+
+
+def drop_unused(selected: Sequence[ParamInfo], unused: Sequence[ParamInfo],
+                params: ParamSelector = None) -> tuple[list[ParamInfo], list[ParamInfo]]:
+    """Split ``selected`` into (used, dropped) given the ``unused`` parameters of the forward.
+
+    Parameters that the forward never reads get a zero gradient by construction, so
+    curvature with respect to them is zero and directions along them are wasted: they
+    are dropped (say so with :func:`describe_exclusion`). An explicit request is an
+    error instead: ``params`` naming an unused parameter exactly (its name or an alias,
+    alone or in a list), or a selection in which every parameter is unused.
+    """
+    unused_keys = {info.key for info in unused}
+    used = [info for info in selected if info.key not in unused_keys]
+    dropped = [info for info in selected if info.key in unused_keys]
+    if not dropped:
+        return used, dropped
+    names = [params] if isinstance(params, str) else list(params) if isinstance(params, (list, tuple)) else []
+    named = [info.name for info in dropped if any(n in info.aliases for n in names)]
+    if named or not used:
+        shown = named or [info.name for info in dropped]
+        raise UnusedParameterError(
+            f"params={params!r} asks for {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}, "
+            "which the forward does not use (no gradient reaches them, so their curvature is zero); "
+            "select parameters the forward uses, e.g. params=None for all of them"
+        )
+    return used, dropped
+
+
+class NonFiniteWeightsError(FloatingPointError, ValueError):
+    """A parameter holds NaN or inf (a diverged model or a bad checkpoint)."""
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first parameter with NaN/inf entries.
+
+    Cheap (one pass over the weights); run it before any analysis that differentiates
+    or perturbs the model, since NaN weights make every loss and curvature NaN.
+    """
+    shown = {info.key: info.name for info in describe_parameters(model)}
+    for key, param in model.named_parameters():
+        finite = torch.isfinite(param.detach())
+        if not bool(finite.all()):
+            bad = param.detach()[~finite]
+            n_nan = int(torch.isnan(bad).sum())
+            raise NonFiniteWeightsError(
+                f"weights of {shown.get(key, clean_name(key))} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf "
+                f"of {param.numel()} entries); the model diverged or was loaded wrongly: "
+                "analyse a checkpoint from before the divergence"
+            )
+
+
+# ------------------------------------------------- running a model on other tensors
+
+def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """``named_parameters`` key -> every distinct (module, attribute) that holds that tensor.
+
+    One tensor can sit in several slots: a TransformerLens bridge reaches a module by
+    two paths, and tied weights (GPT-2's embedding and unembedding) are one tensor in
+    two modules. :func:`swapped_parameters` fills every slot, which
+    ``torch.func.functional_call`` does not always do on a bridge (GPT-2's tied
+    unembedding kept the original weight, so gradients missed that path).
+    """
+    key_of = {id(p): key for key, p in model.named_parameters()}
+    slots: dict[str, list[tuple[nn.Module, str]]] = {key: [] for key in key_of.values()}
+    seen: set[tuple[int, str]] = set()
+    for module in model.modules():  # every module object once
+        for attr, p in module._parameters.items():
+            if p is not None and id(p) in key_of and (id(module), attr) not in seen:
+                seen.add((id(module), attr))
+                slots[key_of[id(p)]].append((module, attr))
+    return slots
+
+
+@contextmanager
+def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
+                       tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the model with ``tensors`` (by ``named_parameters`` key) in every slot of those parameters.
+
+    Works under autograd and ``torch.func`` transforms; the original Parameter objects
+    are put back, in reverse order, even if the forward raises.
+    """
+    saved: list[tuple[nn.Module, str, Any]] = []
+    try:
+        for key, tensor in tensors.items():
+            if key not in slots:
+                raise KeyError(f"the model has no parameter named {key!r}")
+            for module, attr in slots[key]:
+                saved.append((module, attr, module._parameters[attr]))
+                module._parameters[attr] = tensor
+        yield
+    finally:
+        for module, attr, original in reversed(saved):
+            module._parameters[attr] = original

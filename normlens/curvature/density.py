@@ -14,16 +14,19 @@ which integrates to 1 (each probe's weights sum to 1) and whose mean,
 LLA criteria from the quadrature ("Investigating generalization ... by means of loss
 landscapes and Hessian analysis", the LLA paper): re = |lambda_min/lambda_max|
 and Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2, available as
-``DensityResult.re`` and ``DensityResult.kh``.
+``DensityResult.re`` and ``DensityResult.kh`` (and per probe, ``kh_per_probe``:
+with one probe and a few steps Kh varies a lot between probes, so estimate it
+over several probes and batches, see :func:`normlens.curvature.batches.estimate_batch_curvature`).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
-import torch
 
-from normlens.curvature.lanczos import lanczos, ritz_values_and_weights
+from normlens.curvature.lanczos import _op_device, _op_dtype, lanczos, make_generator, ritz_values_and_weights
+from normlens.curvature.memory import basis_dtype, check_plan, plan_basis
 from normlens.curvature.operators import as_operator
 from normlens.curvature.results import DensityResult
 
@@ -46,6 +49,8 @@ def estimate_density(
     relative_sigma: float = 0.01,
     n_grid: int = 1000,
     seed: int = 0,
+    max_basis_bytes: int | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> DensityResult:
     """Estimate the eigenvalue density of a symmetric operator by SLQ.
 
@@ -56,24 +61,31 @@ def estimate_density(
         sigma: kernel width; default ``relative_sigma * (lambda_max - lambda_min)``.
         n_grid: grid points, spanning [lambda_min - 5 sigma, lambda_max + 5 sigma]
             so that the grid integral of the density is 1 to ~1e-6.
-        seed: seeds the probes.
+        seed: seeds the probes (drawn on the operator's device).
+        max_basis_bytes, spill_dir: as :func:`~normlens.curvature.lanczos.compute_eigenpairs`
+            (one probe's basis is held at a time).
 
     Returns:
         :class:`DensityResult` (``integral``, ``mean``, ``re``, ``kh``).
     """
     op = as_operator(op)
     n = op.shape[0]
-    if n_probes < 1 or n_steps < 1:
-        raise ValueError(f"n_probes and n_steps must be >= 1, got {n_probes}, {n_steps}")
+    for name, value in (("n_probes", n_probes), ("n_steps", n_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    steps = min(n_steps, n)
-    generator = torch.Generator().manual_seed(seed)
+    steps = min(int(n_steps), n)
+    device = _op_device(op)
+    check_plan(plan_basis(n, steps, dtype=basis_dtype(_op_dtype(op)), device=device,
+                          max_basis_bytes=max_basis_bytes, spill_dir=spill_dir))
+    generator = make_generator(device, seed)
     nodes = np.empty((n_probes, steps))
     weights = np.empty((n_probes, steps))
     for p in range(n_probes):
-        run = lanczos(op, steps, generator=generator)
+        run = lanczos(op, steps, generator=generator, max_basis_bytes=max_basis_bytes, spill_dir=spill_dir)
         nodes[p], weights[p] = ritz_values_and_weights(run)
+        del run
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
         sigma = relative_sigma * (hi - lo) if hi > lo else relative_sigma * max(abs(hi), 1.0)
@@ -83,5 +95,5 @@ def estimate_density(
     density = gaussian_density(nodes, weights / n_probes, grid, sigma)
     return DensityResult(
         grid=grid, density=density, nodes=nodes, weights=weights, sigma=float(sigma),
-        n=n, n_probes=n_probes, n_steps=steps, seed=seed,
+        n=n, n_probes=n_probes, n_steps=steps, seed=seed, excluded=str(getattr(op, "excluded", "")),
     )

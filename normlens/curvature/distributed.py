@@ -39,6 +39,7 @@ class DistributedOperator:
         self.device = op.device
         self.param_names = op.param_names
         self.param_shapes = op.param_shapes
+        self.excluded = getattr(op, "excluded", "")
         self.n_matvecs = 0
 
     accepts_blocks = True  # one all-reduce per (n, m) block

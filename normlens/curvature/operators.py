@@ -17,22 +17,46 @@ Two ways to compute H_b v (both exact):
 J the Jacobian of the model outputs z and H_z the Hessian of the loss in z
 (Schraudolph 2002); for cross-entropy H_z is positive semi-definite, so G is.
 
-The model is never modified: products run through ``torch.func.functional_call``
-on detached copies of the parameters, in eval mode, with the RNG state restored.
+The model is never modified: products run on detached copies of the parameters
+put in every slot that holds them (:func:`normlens.parameters.swapped_parameters`;
+``torch.func.functional_call`` missed the tied unembedding of a GPT-2 bridge), in
+eval mode, with the RNG state restored and the original Parameters put back.
+
+Parameters: by default every trainable parameter that the forward uses. Those
+that receive no gradient (a TransformerLens bridge of Hugging Face GPT-2 keeps
+unused fused ``qkv`` copies, 21 M of GPT-2 small's parameters) are found once
+with one backward on one example (:func:`normlens.parameters.find_unused_parameters`)
+and left out; ``op.excluded`` says so in one line. Weights with NaN/inf are
+refused before any work.
+
+Attention: the operator's own passes run with ``F.scaled_dot_product_attention``
+on its math backend (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): the
+fused CPU and flash kernels have no second derivative, the math one is exact.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import grad, jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from normlens.losses import logits_loss, model_logits, next_token_loss
-from normlens.parameters import ParamInfo, ParamSelector, select_parameters
+from normlens.parameters import (
+    ParamInfo,
+    ParamSelector,
+    check_finite_weights,
+    describe_exclusion,
+    drop_unused,
+    find_unused_parameters,
+    parameter_slots,
+    select_parameters,
+    swapped_parameters,
+)
 from normlens.hygiene import check_train_mode, eval_mode, rng_preserved
 from normlens.curvature.results import unflatten
 
@@ -87,16 +111,11 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     """The loss is NaN or inf (bad input: a diverged model or NaN data)."""
 
 
-class _LossModule(nn.Module):
-    """Wraps model + loss so functional_call can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Batch], torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.fn(self.model, batch)
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """``scaled_dot_product_attention`` on its math backend, which has exact higher derivatives."""
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
 
 
 # -------------------------------------------------------------- operators
@@ -108,7 +127,9 @@ class CurvatureOperator:
     parameters are copied when the operator is built: it is the curvature at
     those weights even if the model changes later.
     Attributes: ``shape`` (n, n), ``dtype``, ``device``, ``param_names``,
-    ``param_shapes``, ``n_matvecs`` (products so far, per vector).
+    ``param_shapes``, ``n_matvecs`` (products so far, per vector),
+    ``excluded`` (one line naming the parameters left out because the forward
+    does not use them; "" if none) and ``excluded_parameters`` (their ParamInfo).
     """
 
     accepts_blocks = True  # ``op @ V`` takes an (n, m) block: each batch's forward runs once for it
@@ -121,20 +142,27 @@ class CurvatureOperator:
         params: ParamSelector = None,
         weights: Sequence[float] | None = None,
         train_mode: str = "eval",
+        usage_loss_fn: LossFn,
+        unused: Sequence[ParamInfo] | None = None,
     ):
         check_train_mode(model, train_mode)
         self.model = model
         self.batches = _as_batches(data)
         self.weights = _batch_weights(self.batches, weights)
-        self.selected = select_parameters(model, params)
+        selected = select_parameters(model, params)
+        check_finite_weights(model)
+        if unused is None:
+            unused = find_unused_parameters(model, self.batches[0], usage_loss_fn)
+        self.selected, dropped = drop_unused(selected, unused, params)
+        self.excluded_parameters = tuple(dropped)
+        self.excluded = describe_exclusion(dropped)
         by_key = dict(model.named_parameters())
         self._selected_keys = [info.key for info in self.selected]
         selected = set(self._selected_keys)
         # A snapshot: the operator is the curvature at the weights it was built at,
         # whatever happens to the model afterwards.
-        self._frozen = {
-            "model." + key: p.detach().clone() for key, p in by_key.items() if key not in selected
-        }
+        self._frozen = {key: p.detach().clone() for key, p in by_key.items() if key not in selected}
+        self._slots = parameter_slots(model)
         self._theta = [by_key[key].detach().clone() for key in self._selected_keys]
         dtypes = {t.dtype for t in self._theta}
         if len(dtypes) != 1:
@@ -162,10 +190,11 @@ class CurvatureOperator:
         return tuple(c.view(t.shape) for c, t in zip(vector.split(self._sizes), self._theta))
 
     def _call(self, fn: Callable, theta: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
-        """fn(model with parameters ``theta``, batch), the other parameters frozen."""
+        """fn(model with parameters ``theta``, batch), the other parameters frozen; math attention."""
         overrides = dict(self._frozen)
-        overrides.update(("model." + key, t) for key, t in zip(self._selected_keys, theta))
-        return functional_call(_LossModule(self.model, fn), overrides, (batch,), strict=False)
+        overrides.update(zip(self._selected_keys, theta))
+        with swapped_parameters(self._slots, overrides), math_attention():
+            return fn(self.model, batch)
 
     @staticmethod
     def _check_loss(loss: Any, index: int) -> None:
@@ -191,18 +220,23 @@ class CurvatureOperator:
         if vectors.dim() not in (1, 2) or vectors.shape[0] != n:
             raise ValueError(f"expected a vector of shape ({n},) or ({n}, m), got {tuple(vectors.shape)}")
         columns = vectors.reshape(n, -1).T.to(self.dtype, copy=False)  # (m, n)
-        total = torch.zeros_like(columns)
+        total = None
         with eval_mode(self.model), rng_preserved(self.device):
             for index, (batch, weight) in enumerate(zip(self.batches, self.weights)):
                 if weight == 0:
                     continue
-                total += weight * self._batch_products(batch, columns, index)
+                products = self._batch_products(batch, columns, index)  # (m, n)
+                if total is None:
+                    total = products.mul_(weight)
+                else:
+                    total.add_(products, alpha=weight)
+                del products
         self.n_matvecs += columns.shape[0]
         return total.T.reshape(vectors.shape), sum(self.weights)
 
     def __matmul__(self, vectors: torch.Tensor) -> torch.Tensor:
         total, weight = self.weighted_sum(vectors)
-        return total / weight
+        return total.div_(weight)
 
     def _batch_products(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
         raise NotImplementedError
@@ -229,7 +263,16 @@ class HessianOperator(CurvatureOperator):
         keep_graph: keep the gradient's autograd graph between double-backward
             products when ``data`` is one batch (default), so each product costs
             one backward pass instead of forward + two backwards; ignored for
-            several batches.
+            several batches. The graph is built (and the loss checked) by the
+            constructor's single forward.
+        unused: the parameters the forward does not use, if already known (from
+            :func:`~normlens.parameters.find_unused_parameters`); default: found
+            with one backward on the first example of the first batch.
+
+    Raises (before any product): :class:`~normlens.parameters.NonFiniteWeightsError`
+    for NaN/inf weights, :class:`NonFiniteLossError` for a NaN/inf loss,
+    :class:`~normlens.parameters.UnusedParameterError` when ``params`` asks only
+    for (or names) parameters the forward does not use.
 
     >>> lin = nn.Linear(2, 1, bias=False)
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -250,18 +293,26 @@ class HessianOperator(CurvatureOperator):
         method: str = "auto",
         train_mode: str = "eval",
         keep_graph: bool | None = None,
+        unused: Sequence[ParamInfo] | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
         self.loss_fn = loss_fn or next_token_loss
+        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode,
+                         usage_loss_fn=self.loss_fn, unused=unused)
         self.method = method
         # One batch: keep the gradient's graph, so a product is one backward pass
         # (the graph holds the activations; pass keep_graph=False to save memory).
         self.keep_graph = len(self.batches) == 1 and (keep_graph is None or bool(keep_graph))
         self._graph = None
-        with torch.no_grad(), eval_mode(model), rng_preserved(self.device):
-            self._check_loss(self._call(self.loss_fn, self._theta, self.batches[0]), 0)
+        with eval_mode(model), rng_preserved(self.device):
+            if self.keep_graph and method != "forward_over_reverse":
+                # one forward: it checks the loss and its graph serves every product
+                self.method = "double_backward"
+                self._gradient_graph(self.batches[0], 0)
+            else:
+                with torch.no_grad():
+                    self._check_loss(self._call(self.loss_fn, self._theta, self.batches[0]), 0)
 
     def loss(self) -> float:
         """The weighted mean loss over the data."""
@@ -307,7 +358,9 @@ class HessianOperator(CurvatureOperator):
             hv = torch.autograd.grad(
                 dot, theta, retain_graph=self.keep_graph or j + 1 < len(columns), allow_unused=True
             )
-            out[j] = self.flatten([torch.zeros_like(t) if h is None else h for h, t in zip(hv, theta)])
+            torch.cat([(torch.zeros_like(t) if h is None else h).reshape(-1) for h, t in zip(hv, theta)],
+                      out=out[j])
+            del hv
         return out
 
     def _forward_over_reverse(self, batch: Batch, columns: torch.Tensor, index: int) -> torch.Tensor:
@@ -376,10 +429,13 @@ class GGNOperator(CurvatureOperator):
         params: ParamSelector = None,
         weights: Sequence[float] | None = None,
         train_mode: str = "eval",
+        unused: Sequence[ParamInfo] | None = None,
     ):
-        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode)
         self.output_fn = output_fn or model_logits
         self.output_loss_fn = output_loss_fn or logits_loss
+        super().__init__(model, data, params=params, weights=weights, train_mode=train_mode,
+                         usage_loss_fn=lambda m, b: self.output_loss_fn(self.output_fn(m, b), b),
+                         unused=unused)
         self.method = "ggn"
         with torch.no_grad(), eval_mode(model), rng_preserved(self.device):
             outputs = self._call(self.output_fn, self._theta, self.batches[0])

@@ -38,8 +38,9 @@ class _Saveable:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
-                value = value.copy()
-                value.setflags(write=False)
+                if value.flags.writeable or value.base is not None:  # an owned read-only array is kept as is
+                    value = value.copy()
+                    value.setflags(write=False)
                 object.__setattr__(self, f.name, value)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -75,16 +76,20 @@ class EigenResult(_Saveable):
     """Eigenpairs of a curvature operator from Lanczos.
 
     Attributes:
-        eigenvalues: (k,) for which="largest" in descending order, for "smallest"
-            in ascending order; for "both" the k largest (descending) then the k
-            smallest (ascending); ``ends`` says which is which.
+        eigenvalues: (k,) for which="largest" (algebraically largest, not largest
+            in magnitude) in descending order, for "smallest" in ascending order;
+            for "both" the k largest (descending) then the k smallest (ascending);
+            for "magnitude" by descending |lambda|; ``ends`` says which is which.
         eigenvectors: (n, k) unit vectors, columns matching ``eigenvalues``.
         residuals: (k,) ||H v - lambda v|| for every pair.
         converged: (k,) residual <= tol * max|lambda|.
-        ends: per pair "largest" or "smallest".
+        ends: per pair "largest", "smallest" or "magnitude".
         n_steps: Lanczos steps taken; n_matvecs: operator products used.
         param_names / param_shapes: how a flat vector maps onto the parameters
             (empty for a plain matrix).
+        which: the rule that chose the pairs ("largest" = algebraically largest).
+        warning: why the result should not be trusted ("" when every pair converged).
+        excluded: the operator's note on parameters left out (unused by the forward).
     """
 
     eigenvalues: np.ndarray
@@ -98,6 +103,9 @@ class EigenResult(_Saveable):
     seed: int
     param_names: tuple[str, ...] = ()
     param_shapes: tuple[tuple[int, ...], ...] = ()
+    which: str = "largest"
+    warning: str = ""
+    excluded: str = ""
 
     @property
     def all_converged(self) -> bool:
@@ -126,9 +134,11 @@ class TraceResult(_Saveable):
     """A stochastic trace estimate with its standard error.
 
     Attributes:
-        estimate: the trace estimate; std_error: its standard error.
+        estimate: the trace estimate; std_error: its standard error (NaN when
+            there is none: fewer than 2 probes; see ``has_std_error``).
         samples: the per-probe quadratic forms of the stochastic part.
         exact_part: Hutch++'s deterministic tr(Q^T H Q) (0 for Hutchinson).
+        note: why there is no error estimate, or that the result is exact ("" otherwise).
     """
 
     estimate: float
@@ -139,6 +149,19 @@ class TraceResult(_Saveable):
     seed: int
     samples: np.ndarray
     exact_part: float = 0.0
+    note: str = ""
+
+    @property
+    def has_std_error(self) -> bool:
+        """True when ``std_error`` is a number (at least 2 probes, or exact)."""
+        return math.isfinite(self.std_error)
+
+    def describe(self, digits: int = 4) -> str:
+        """'12.34 ± 0.56', or '12.34 (no error estimate (need >= 2 probes))'."""
+        value = f"{self.estimate:.{digits}g}"
+        if self.has_std_error and not self.note:
+            return f"{value} ± {self.std_error:.2g}"
+        return f"{value} ({self.note})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +173,7 @@ class DensityResult(_Saveable):
         nodes: (n_probes, n_steps) Ritz values; weights: same shape, squared
             first components of the Ritz vectors, each row summing to 1.
         sigma: width of the Gaussian kernel.
+        excluded: the operator's note on parameters left out (unused by the forward).
     """
 
     grid: np.ndarray
@@ -161,6 +185,7 @@ class DensityResult(_Saveable):
     n_probes: int
     n_steps: int
     seed: int
+    excluded: str = ""
 
     @property
     def node_weights(self) -> np.ndarray:
@@ -192,11 +217,26 @@ class DensityResult(_Saveable):
 
     @property
     def kh(self) -> float:
-        """LLA criterion Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2."""
-        w, theta = self.node_weights.ravel(), self.nodes.ravel()
-        negative = float(np.sum(w[theta < 0] * np.sqrt(-theta[theta < 0])))
-        positive = float(np.sum(w[theta > 0] * np.sqrt(theta[theta > 0])))
-        return negative / positive if positive > 0 else math.inf
+        """LLA criterion Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 (all probes)."""
+        return kh_of(self.nodes, self.node_weights)
+
+    @property
+    def kh_per_probe(self) -> np.ndarray:
+        """(n_probes,) Kh of each probe's quadrature alone: its spread shows the estimator's noise."""
+        return np.array([kh_of(nodes, weights) for nodes, weights in zip(self.nodes, self.weights)])
+
+    @property
+    def re_per_probe(self) -> np.ndarray:
+        """(n_probes,) re = |lambda_min / lambda_max| from each probe's extreme Ritz values."""
+        return np.array([abs(row.min() / row.max()) if row.max() != 0 else math.inf for row in self.nodes])
+
+
+def kh_of(nodes: np.ndarray, weights: np.ndarray) -> float:
+    """Kh = sum_{theta<0} w |theta|^1/2 / sum_{theta>0} w theta^1/2 over nodes/weights of any shape."""
+    w, theta = np.ravel(weights), np.ravel(nodes)
+    negative = float(np.sum(w[theta < 0] * np.sqrt(-theta[theta < 0])))
+    positive = float(np.sum(w[theta > 0] * np.sqrt(theta[theta > 0])))
+    return negative / positive if positive > 0 else math.inf
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,8 +249,12 @@ class WeightSpectraResult(_Saveable):
             delimit them (use :meth:`eigenvalues_of`).
         alphas, xmins, ks_distances, n_tail: the power-law tail fit per matrix
             (p(x) ~ x^-alpha for x >= xmin; Kolmogorov-Smirnov distance).
-        farms: whether the FARMS fixed-aspect-ratio submatrix ESD was used.
-        aspect_ratio: rows/cols of the FARMS submatrices (0 when not used).
+        method: "esd" (whole matrix) or "farms" (pooled fixed-size windows).
+        xmin_rule: "ks" (KS-chosen xmin) or "median" (the FARMS authors' xmin_mid).
+        window / max_windows: the FARMS window (rows, cols) and positions per
+            dimension asked for ((0, 0) and 0 for "esd").
+        n_windows / window_shapes: per matrix, windows pooled and the window used
+            (smaller than ``window`` for a small matrix; the matrix itself for "esd").
     """
 
     names: tuple[str, ...]
@@ -221,8 +265,16 @@ class WeightSpectraResult(_Saveable):
     xmins: np.ndarray
     ks_distances: np.ndarray
     n_tail: np.ndarray
-    farms: bool
-    aspect_ratio: float
+    method: str = "esd"
+    xmin_rule: str = "ks"
+    window: tuple[int, int] = (0, 0)
+    max_windows: int = 0
+    n_windows: tuple[int, ...] = ()
+    window_shapes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def farms(self) -> bool:
+        return self.method == "farms"
 
     def eigenvalues_of(self, name: str) -> np.ndarray:
         if name not in self.names:
@@ -239,18 +291,21 @@ class WeightSpectraResult(_Saveable):
                 "xmin": self.xmins,
                 "ks_distance": self.ks_distances,
                 "n_tail": self.n_tail,
+                "method": self.method,
+                "xmin_rule": self.xmin_rule,
             }
         )
 
 
 @dataclass(frozen=True, eq=False)
 class BlockSpectrumResult(_Saveable):
-    """Top Hessian eigenvalue restricted to each parameter block of one model.
+    """Top (algebraically largest) Hessian eigenvalue restricted to each parameter block of one model.
 
     Attributes:
         blocks: block labels, e.g. "blocks.0.attn"; n_params: (B,) their sizes.
         top_eigenvalues: (B,) largest eigenvalue of the block's Hessian (NaN if
             the model diverged); residuals: (B,) ||Hv - lambda v||.
+        excluded: note on parameters left out because the forward does not use them.
     """
 
     model: str
@@ -259,6 +314,7 @@ class BlockSpectrumResult(_Saveable):
     top_eigenvalues: np.ndarray
     residuals: np.ndarray
     n_steps: int
+    excluded: str = ""
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -270,6 +326,110 @@ class BlockSpectrumResult(_Saveable):
                 "residual": self.residuals,
             }
         )
+
+
+@dataclass(frozen=True, eq=False)
+class BatchCurvatureResult(_Saveable):
+    """Top eigenvalues and LLA criteria per batch and for the average over batches.
+
+    Attributes:
+        eigenvalues / residuals / eigen_converged: (B, k) per batch, columns in
+            the order of ``ends`` (see :class:`EigenResult`).
+        re, kh: (B,) LLA criteria of each batch's SLQ density.
+        batch_weights: (B,) the weights of the averaged operator (batch sizes by default).
+        average_*: the same on the operator of the weighted average loss (NaN
+            when it was not computed).
+        converged: every eigenpair (per batch and average) met its residual tolerance.
+        warning: non-convergence, a single batch, or metrics whose standard error
+            across batches exceeds ``max_relative_error`` of their mean ("" if none).
+        excluded: note on parameters left out because the forward does not use them.
+
+    Per-batch means and standard errors are unweighted (each batch one sample).
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigen_converged: np.ndarray
+    re: np.ndarray
+    kh: np.ndarray
+    batch_weights: np.ndarray
+    average_eigenvalues: np.ndarray
+    average_residuals: np.ndarray
+    average_converged: np.ndarray
+    average_re: float
+    average_kh: float
+    ends: tuple[str, ...]
+    which: str
+    n_steps: int
+    density_probes: int
+    density_steps: int
+    seed: int
+    max_relative_error: float
+    converged: bool
+    warning: str
+    excluded: str = ""
+
+    @property
+    def n_batches(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    @staticmethod
+    def eigenvalue_labels(ends: tuple[str, ...] | list[str]) -> list[str]:
+        """Metric names of the eigenvalue columns: lambda_1, lambda_2 (largest), lambda_min_1 (smallest),
+        lambda_abs_1 (largest magnitude)."""
+        prefix = {"largest": "lambda_", "smallest": "lambda_min_", "magnitude": "lambda_abs_"}
+        counts: dict[str, int] = {}
+        labels = []
+        for end in ends:
+            counts[end] = counts.get(end, 0) + 1
+            labels.append(f"{prefix[end]}{counts[end]}")
+        return labels
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """Metric name -> (B,) per-batch values: the eigenvalue labels, "re" and "kh"."""
+        out = {label: self.eigenvalues[:, i] for i, label in enumerate(self.eigenvalue_labels(self.ends))}
+        out.update(re=self.re, kh=self.kh)
+        return out
+
+    def average_of(self, metric: str) -> float:
+        """The averaged operator's value of ``metric``."""
+        if metric == "re":
+            return float(self.average_re)
+        if metric == "kh":
+            return float(self.average_kh)
+        return float(self.average_eigenvalues[self.eigenvalue_labels(self.ends).index(metric)])
+
+    def std_error(self, metric: str) -> float:
+        """Standard error of the per-batch mean of ``metric`` (NaN for fewer than 2 batches)."""
+        from normlens.uncertainty import standard_error
+
+        return standard_error(self.metrics()[metric])
+
+    def interval(self, metric: str, *, level: float = 0.95, seed: int = 0):
+        """Bootstrap interval (:func:`normlens.uncertainty.bootstrap_interval`) of the per-batch mean."""
+        from normlens.uncertainty import bootstrap_interval
+
+        return bootstrap_interval(self.metrics()[metric], level=level, seed=seed)
+
+    def summary(self, *, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+        """One row per metric: averaged operator, per-batch mean, standard error, interval, range."""
+        rows = []
+        for metric, values in self.metrics().items():
+            interval = self.interval(metric, level=level, seed=seed)
+            se = self.std_error(metric)
+            rows.append({
+                "metric": metric,
+                "average": self.average_of(metric),
+                "batch_mean": interval.estimate,
+                "std_error": se,
+                "relative_error": se / abs(interval.estimate) if interval.estimate else math.nan,
+                "low": interval.low,
+                "high": interval.high,
+                "min": float(np.nanmin(values)),
+                "max": float(np.nanmax(values)),
+                "n_batches": self.n_batches,
+            })
+        return pd.DataFrame(rows)
 
 
 def unflatten(

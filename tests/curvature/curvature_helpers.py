@@ -69,16 +69,27 @@ def make_zoo(norm: str, dtype=torch.float64) -> nn.Module:
 
 
 def _flat_function(model, params, fn):
-    """(flat parameters of the selected subset) -> fn(model with them), others fixed."""
+    """(flat parameters of the selected subset) -> fn(model with them), others fixed.
+
+    torch.func.functional_call leaves plain tensors behind in a TransformerLens bridge
+    (a module reachable by two paths), which would break the model for later tests, so
+    every Parameter object is put back after each call. (A deep copy is no way out:
+    a copied bridge's hooks still write into the original's attention.)
+    """
     infos = select_parameters(model, params)
     by_key = dict(model.named_parameters())
     tensors = [by_key[i.key].detach() for i in infos]
     sizes = [t.numel() for t in tensors]
     flat = torch.cat([t.reshape(-1) for t in tensors])
+    originals = [(m, name, p) for m in model.modules() for name, p in m._parameters.items()]
 
     def call(x):
         d = {i.key: c.view(t.shape) for i, c, t in zip(infos, x.split(sizes), tensors)}
-        return fn(lambda *a: functional_call(model, d, a))
+        try:
+            return fn(lambda *a: functional_call(model, d, a))
+        finally:
+            for m, name, p in originals:
+                m._parameters[name] = p
 
     return call, flat
 

@@ -140,3 +140,42 @@ def test_gaussian_density_integrates_to_one():
     grid = np.linspace(-10, 10, 4001)
     rho = gaussian_density(np.array([[-1.0, 2.0]]), np.array([[0.25, 0.75]]), grid, 0.3)
     assert np.trapezoid(rho, grid) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("method, n_matvecs", [("hutch++", 3), ("hutchinson", 1)])
+def test_too_few_probes_say_there_is_no_error_estimate(method, n_matvecs):
+    """Printed "± nan" before; now an explicit state."""
+    A = symmetric(np.linspace(1.0, 2.0, 40))
+    r = estimate_trace(A, n_matvecs, method=method)
+    assert not r.has_std_error and math.isnan(r.std_error)
+    assert r.note == "no error estimate (need >= 2 probes)"
+    assert "nan" not in r.describe() and "no error estimate" in r.describe()
+    assert math.isfinite(r.estimate)
+    enough = estimate_trace(A, 4 if method == "hutch++" else 2, method=method)
+    assert enough.has_std_error and enough.note == "" and "±" in enough.describe()
+
+
+def test_exact_trace_says_so():
+    r = estimate_trace(symmetric([3.0, -1.0, 2.0, 0.5]), 12)
+    assert r.has_std_error and r.std_error == 0.0 and r.describe().endswith("(exact (the sketch spans the whole space))")
+
+
+@pytest.mark.parametrize("method, bad", [("hutch++", 2), ("hutch++", 0), ("hutchinson", 0), ("hutchinson", 2.5),
+                                         ("hutchinson", True)])
+def test_trace_counts_are_validated(method, bad):
+    with pytest.raises(ValueError, match="integer n_matvecs"):
+        estimate_trace(torch.eye(5, dtype=torch.float64), bad, method=method)
+
+
+def test_density_kh_per_probe_exposes_the_spread(zoo_dense):
+    model, tokens, H = zoo_dense("rms")
+    op = HessianOperator(model, tokens)
+    d = estimate_density(op, n_probes=5, n_steps=8, seed=0)
+    per_probe = d.kh_per_probe
+    assert per_probe.shape == (5,) and d.re_per_probe.shape == (5,)
+    # each probe's Kh, recomputed from its own nodes and weights by a loop
+    for p in range(5):
+        neg = sum(w * math.sqrt(-t) for t, w in zip(d.nodes[p], d.weights[p]) if t < 0)
+        pos = sum(w * math.sqrt(t) for t, w in zip(d.nodes[p], d.weights[p]) if t > 0)
+        assert per_probe[p] == pytest.approx(neg / pos, rel=1e-12)
+    assert per_probe.min() < d.kh < per_probe.max()
