@@ -212,26 +212,45 @@ class NonFiniteWeightsError(FloatingPointError, ValueError):
     """A parameter holds NaN or inf (a diverged model or a bad checkpoint)."""
 
 
-def check_finite_weights(model: nn.Module) -> None:
-    """Raise :class:`NonFiniteWeightsError` naming the first parameter with NaN/inf entries.
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "the model") -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first floating tensors with NaN/inf entries.
 
-    Cheap (one pass over the weights); run it before any analysis that differentiates
-    or perturbs the model, since NaN weights make every loss and curvature NaN.
+    Cheap (one pass); run it before any analysis that differentiates or perturbs a
+    model, since NaN weights make every loss, curvature and landscape NaN.
     """
-    shown = {info.key: info.name for info in describe_parameters(model)}
-    for key, param in model.named_parameters():
-        finite = torch.isfinite(param.detach())
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor.detach())
         if not bool(finite.all()):
-            bad = param.detach()[~finite]
+            bad = tensor.detach()[~finite]
             n_nan = int(torch.isnan(bad).sum())
             raise NonFiniteWeightsError(
-                f"weights of {shown.get(key, clean_name(key))} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf "
-                f"of {param.numel()} entries); the model diverged or was loaded wrongly: "
-                "analyse a checkpoint from before the divergence"
-            )
+                f"{what}: weights of {name} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf of "
+                f"{tensor.numel()} entries); the model diverged or was loaded wrongly: analyse a checkpoint "
+                "from before the divergence")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """:func:`check_finite` over every parameter of ``model``, under its shown name."""
+    shown = {info.key: info.name for info in describe_parameters(model)}
+    check_finite({shown.get(key, clean_name(key)): p for key, p in model.named_parameters()})
 
 
 # ------------------------------------------------- running a model on other tensors
+
+def _slots(model: nn.Module, store: str) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Canonical name -> every distinct (module, attribute) holding that tensor in ``store``
+    ("_parameters" or "_buffers")."""
+    named = model.named_parameters() if store == "_parameters" else model.named_buffers()
+    key_of = {id(t): key for key, t in named}
+    slots: dict[str, list[tuple[nn.Module, str]]] = {key: [] for key in key_of.values()}
+    for module in model.modules():  # every module object once, so every slot once
+        for attr, tensor in getattr(module, store).items():
+            if tensor is not None and id(tensor) in key_of:
+                slots[key_of[id(tensor)]].append((module, attr))
+    return slots
+
 
 def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     """``named_parameters`` key -> every distinct (module, attribute) that holds that tensor.
@@ -242,34 +261,35 @@ def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     ``torch.func.functional_call`` does not always do on a bridge (GPT-2's tied
     unembedding kept the original weight, so gradients missed that path).
     """
-    key_of = {id(p): key for key, p in model.named_parameters()}
-    slots: dict[str, list[tuple[nn.Module, str]]] = {key: [] for key in key_of.values()}
-    seen: set[tuple[int, str]] = set()
-    for module in model.modules():  # every module object once
-        for attr, p in module._parameters.items():
-            if p is not None and id(p) in key_of and (id(module), attr) not in seen:
-                seen.add((id(module), attr))
-                slots[key_of[id(p)]].append((module, attr))
-    return slots
+    return _slots(model, "_parameters")
+
+
+def buffer_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """``named_buffers`` key -> every distinct (module, attribute) holding that buffer."""
+    return _slots(model, "_buffers")
 
 
 @contextmanager
 def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
                        tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Run the model with ``tensors`` (by ``named_parameters`` key) in every slot of those parameters.
+    """Run the model with ``tensors`` (by canonical name) in every slot of those parameters
+    or buffers (slots from :func:`parameter_slots` / :func:`buffer_slots`).
 
-    Works under autograd and ``torch.func`` transforms; the original Parameter objects
-    are put back, in reverse order, even if the forward raises.
+    A replacement for ``torch.func.functional_call``, whose restore step leaves replaced
+    tensors behind when one module is reachable by several paths (TransformerLens
+    bridges). Works under autograd, ``vmap`` and other ``torch.func`` transforms; the
+    original objects are put back, in reverse order, even if the forward raises.
     """
-    saved: list[tuple[nn.Module, str, Any]] = []
+    saved: list[tuple[dict, str, Any]] = []
     try:
         for key, tensor in tensors.items():
             if key not in slots:
-                raise KeyError(f"the model has no parameter named {key!r}")
+                raise KeyError(f"the model has no parameter or buffer named {key!r}")
             for module, attr in slots[key]:
-                saved.append((module, attr, module._parameters[attr]))
-                module._parameters[attr] = tensor
+                store = module._parameters if attr in module._parameters else module._buffers
+                saved.append((store, attr, store[attr]))
+                store[attr] = tensor
         yield
     finally:
-        for module, attr, original in reversed(saved):
-            module._parameters[attr] = original
+        for store, attr, original in reversed(saved):
+            store[attr] = original

@@ -72,7 +72,8 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
 
     from normlens.landscape import axis_coordinates, compute_landscape, compute_metrics
     from normlens.landscape.distributed import world
-    from normlens.landscape.params import check_finite, parameters_of
+    from normlens.landscape.params import parameters_of
+    from normlens.parameters import check_finite
     from normlens.plots.landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_3d
 
     if value_range is None and not span > 0:

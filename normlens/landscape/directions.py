@@ -38,10 +38,10 @@ from normlens.io import atomic_path
 from normlens.landscape.filters import OutputAxis, filter_normalize, resolve_output_axes
 from normlens.landscape.movable import Exclusion, excluded_parameters
 from normlens.landscape.objective import Objective, check_eval_items
+from normlens.parameters import check_finite
 from normlens.landscape.params import (
     ParamSource,
     Params,
-    check_finite,
     check_same_shapes,
     fingerprint,
     flatten,

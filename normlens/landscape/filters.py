@@ -75,7 +75,7 @@ def output_axes(model: nn.Module, overrides: Optional[Mapping[str, int | OutputA
     ValueError if modules sharing one tensor disagree; parameters of unknown module types
     get :data:`DEFAULT_AXIS` (with an :class:`UnknownLayerWarning` if ``warn``).
     """
-    from normlens.landscape.params import parameter_slots
+    from normlens.parameters import parameter_slots
 
     by_name = dict(model.named_parameters())
     overrides = _checked_overrides(overrides, by_name)

@@ -32,18 +32,17 @@ from normlens.landscape.objective import (
     next_token_objective,
 )
 from normlens.landscape.movable import Exclusion, excluded_parameters
+from normlens.parameters import check_finite
 from normlens.landscape.params import (
     Params,
-    buffer_slots,
-    check_finite,
     fingerprint,
     float_buffers,
     functional_forward,
-    parameter_slots,
     parameters_of,
     tensor_fingerprint,
 )
 from normlens.landscape.results import LandscapeResult, origin_index
+from normlens.parameters import buffer_slots, parameter_slots
 from normlens.landscape.store import START_OVER, GridMismatchError, GridStore
 
 Range = tuple[float, float]

@@ -6,12 +6,13 @@ Every landscape routine works on a ``dict[str, Tensor]`` keyed by
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from normlens.parameters import swapped_parameters
 
 Params = dict[str, torch.Tensor]
 ParamSource = Union[nn.Module, Mapping[str, torch.Tensor]]
@@ -95,81 +96,9 @@ def norm(a: Mapping[str, torch.Tensor]) -> float:
     return float(sum(t.double().pow(2).sum() for t in a.values())) ** 0.5
 
 
-def parameter_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
-    """Canonical parameter name -> every distinct (module, attribute) slot holding that tensor.
-
-    A TransformerBridge reaches the same submodule by several paths, and tied weights
-    (e.g. GPT-2's embedding and unembedding) are one tensor in two modules. Slots are
-    deduplicated by (module, attribute), so each is swapped once.
-    """
-    canonical = {id(p): name for name, p in model.named_parameters()}
-    slots: dict[str, list[tuple[nn.Module, str]]] = {name: [] for name in canonical.values()}
-    seen: set[tuple[int, str]] = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        path, _, attr = name.rpartition(".")
-        module = model.get_submodule(path) if path else model
-        key = (id(module), attr)
-        if key in seen:
-            continue
-        seen.add(key)
-        slots[canonical[id(p)]].append((module, attr))
-    return slots
-
-
-def buffer_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
-    """Canonical buffer name -> every distinct (module, attribute) slot holding that buffer
-    (as :func:`parameter_slots` does for parameters)."""
-    canonical = {id(b): name for name, b in model.named_buffers()}
-    slots: dict[str, list[tuple[nn.Module, str]]] = {name: [] for name in canonical.values()}
-    seen: set[tuple[int, str]] = set()
-    for name, b in model.named_buffers(remove_duplicate=False):
-        path, _, attr = name.rpartition(".")
-        module = model.get_submodule(path) if path else model
-        if (id(module), attr) in seen or id(b) not in canonical:
-            continue
-        seen.add((id(module), attr))
-        slots[canonical[id(b)]].append((module, attr))
-    return slots
-
-
 def float_buffers(model: nn.Module) -> Params:
     """Detached floating-point buffers (e.g. BatchNorm running statistics) by canonical name."""
     return {name: b.detach() for name, b in model.named_buffers() if b.is_floating_point()}
-
-
-def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "the model") -> None:
-    """Raise ValueError naming the first tensors that hold NaN or inf."""
-    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ValueError(
-            f"{what} has non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. {bad[:3]}: a diverged "
-            "checkpoint has no loss landscape; use an earlier checkpoint or fix the training run"
-        )
-
-
-@contextmanager
-def swapped_parameters(slots: Mapping[str, list[tuple[nn.Module, str]]],
-                       tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Run the model with ``tensors`` in place of the named parameters (or buffers); restore the originals.
-
-    A replacement for ``torch.func.functional_call``, whose restore step leaves
-    replaced tensors behind when one module is reachable by several paths (as in
-    TransformerLens bridges). Works under ``vmap`` and autograd. The original
-    Parameter objects are put back (in reverse order) even if the forward raises.
-    """
-    saved: list[tuple[nn.Module, str, Any]] = []
-    try:
-        for name, tensor in tensors.items():
-            if name not in slots:
-                raise KeyError(f"the model has no parameter or buffer named {name!r}")
-            for module, attr in slots[name]:
-                store = module._parameters if attr in module._parameters else module._buffers
-                saved.append((store, attr, store[attr]))
-                store[attr] = tensor
-        yield
-    finally:
-        for store, attr, original in reversed(saved):
-            store[attr] = original
 
 
 def functional_forward(model: nn.Module, slots: Mapping[str, list[tuple[nn.Module, str]]],

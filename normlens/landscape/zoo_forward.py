@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from normlens.landscape.objective import Objective
-from normlens.landscape.params import Params, swapped_parameters
+from normlens.landscape.params import Params
+from normlens.parameters import swapped_parameters
 
 
 def _inner(module: nn.Module) -> nn.Module:

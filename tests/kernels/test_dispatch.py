@@ -105,7 +105,7 @@ def test_paths_that_stay_in_torch(fused_on):
 
 def test_per_point_parameters_take_the_torch_path(fused_on):
     """The landscape's batched zoo forward swaps in (P, 1, 1, d) gains and a (P, 1, 1, 1) alpha."""
-    from normlens.landscape.params import swapped_parameters
+    from normlens.parameters import swapped_parameters
 
     x = torch.randn(3, 2, 4, 48)
     for kind in ("ln", "dyt"):
