@@ -171,8 +171,8 @@ def _variance_in_child(queue):
 
 
 @pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
-def test_statistics_work_in_a_process_forked_after_the_parallel_pass_ran():
-    """GNU OpenMP aborts a forked child that enters the parent's thread pool; the child runs serially."""
+def test_statistics_work_in_a_process_forked_after_the_threaded_pass_ran():
+    """The worker threads do not survive fork: a forked child starts its own pool."""
     import multiprocessing
 
     x = torch.randn(8, 200, 64, generator=torch.Generator().manual_seed(5))
@@ -205,3 +205,43 @@ def test_a_tensor_too_large_for_one_fused_pass_is_split_exactly(monkeypatch):
     a, b = whole.result().to_frame(), split.result().to_frame()
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-10, atol=1e-12)
+
+
+def test_the_fused_pass_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer reset torch's intra-op thread count on its first launch (issue 14).
+
+    Checked in a fresh process: the reset happened once per process, at the first parallel pass."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from normlens.probes.stats import ActivationStatsProbe\n"
+            "torch.set_num_threads(1)\n"
+            "probe = ActivationStatsProbe()\n"
+            "probe.update('s', torch.randn(8, 512, 64))\n"
+            "probe.result()\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split()[-1] == "1"
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_fused_pass_is_exact_for_any_number_of_threads(n_threads, monkeypatch):
+    import normlens.probes.cpu_kernel as kernel
+
+    monkeypatch.setattr(kernel, "MIN_ROWS_PER_THREAD", 8)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        assert kernel.n_threads_for(100) == n_threads
+        x = torch.randn(5, 41, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        x[2, 7] = 0.0
+        probe = ActivationStatsProbe(top_k=4)
+        probe.update("s", x)
+        row = probe.result().to_frame().set_index("group").loc["body"]
+    finally:
+        torch.set_num_threads(previous)
+    want = naive_summary(x[:, 1:])
+    for key, value in want.items():
+        tol = 0.01 if key == "median_abs" else 1e-10
+        assert math.isclose(row[key], float(value), rel_tol=tol, abs_tol=1e-12), key
