@@ -13,9 +13,9 @@ number of tokens:
   the largest max |x|, so only those rows are searched);
 * median |x| from a histogram of |x| with log-spaced bins -- the top 16 bits of
   the float32 bit pattern (8 exponent bits, 7 mantissa bits), so each bin spans
-  a factor 2^(1/128) and the median is exact to 0.8 % relative; histograms add,
-  so the median merges exactly;
-* massive-activation ratio max |x| / median |x| (Sun et al. 2024);
+  a factor 2^(1/128) and the median is exact to 0.8 % relative (exact zeros,
+  counted apart, sit at 0); histograms add, so the median merges exactly;
+* massive-activation ratio max |x| / median |x| (Sun et al. 2024; NaN when the median is 0);
 * the fraction of exact zeros (after ReLU: the MLP post-activation site);
 * NaN and inf counts and the number of tokens holding one. Non-finite entries
   are excluded from every other statistic (not averaged in) and flagged.
@@ -56,19 +56,48 @@ def _bin_edges(b: int) -> tuple[float, float]:
     return lo, hi
 
 
-def histogram_quantile(hist: np.ndarray | torch.Tensor, q: float = 0.5) -> float:
-    """The q-quantile of |x| from :func:`abs_histogram` counts (linear within a bin)."""
+def histogram_quantile(hist: np.ndarray | torch.Tensor, q: float = 0.5, zeros: int = 0) -> float:
+    """The q-quantile of |x| from :func:`abs_histogram` counts.
+
+    The sorted values are estimated one by one -- the i-th of the c values in a
+    bin [lo, hi) at lo + (hi - lo)(i + 1/2)/c -- and the quantile interpolates
+    linearly between the two values at ranks floor(t) and ceil(t), t = q(n - 1)
+    (numpy's default "linear" rule), so the median of an even count is the mean
+    of the two middle values' estimates: within one bin width (2^-7 relative)
+    of the exact median. ``zeros`` of the values in bin 0 are exact zeros
+    (counted apart): they sit at 0, not spread over bin 0's denormal range.
+
+    >>> h = abs_histogram(torch.tensor([1.0, 2.0]))
+    >>> round(histogram_quantile(h), 2)
+    1.51
+    """
     counts = np.asarray(hist, dtype=np.float64)
     total = counts.sum()
     if total == 0:
         return float("nan")
-    target = q * (total - 1)  # rank of the quantile, 0-based
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    if not 0 <= zeros <= counts[0]:
+        raise ValueError(f"zeros must lie in [0, {int(counts[0])}] (the count of bin 0), got {zeros}")
     cum = np.cumsum(counts)
-    b = int(np.searchsorted(cum, target, side="right"))
-    lo, hi = _bin_edges(b)
-    before = cum[b - 1] if b > 0 else 0.0
-    frac = (target - before + 0.5) / counts[b]
-    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+
+    def value_at(rank: int) -> float:
+        if rank < zeros:
+            return 0.0
+        b = int(np.searchsorted(cum, rank, side="right"))  # the bin holding this rank
+        before = cum[b - 1] if b > 0 else 0.0
+        inside = counts[b]
+        if b == 0:  # the nonzero values of bin 0 (denormals) follow the zeros
+            before, inside = float(zeros), counts[0] - zeros
+        lo, hi = _bin_edges(b)
+        return lo + (hi - lo) * (rank - before + 0.5) / inside
+
+    target = q * (total - 1)
+    below = int(np.floor(target))
+    low = value_at(below)
+    if target == below:
+        return float(low)
+    return float(low + (target - below) * (value_at(below + 1) - low))
 
 
 @dataclass
@@ -127,7 +156,7 @@ class GroupStats:
 
     def summary(self) -> dict[str, float]:
         pooled = self.channel.pooled()
-        median = histogram_quantile(self.hist)
+        median = histogram_quantile(self.hist, zeros=self.zeros)
         n_finite = self.n_entries - self.nan - self.inf
         top = self.top.tolist() + [float("nan")] * (self.top_k - self.top.numel())
         return {
@@ -136,7 +165,8 @@ class GroupStats:
             "excess_kurtosis": float(pooled.excess_kurtosis()),
             "rms_mean": float(self.token_rms.mean), "rms_std": float(self.token_rms.variance().sqrt()),
             "rms_max": self.rms_max, "max_abs": self.max_abs, "median_abs": median,
-            "massive_ratio": self.max_abs / median if median > 0 else float("inf"),
+            # Sun et al. 2024's max / median |x|; undefined (NaN) when at least half the entries are 0
+            "massive_ratio": self.max_abs / median if median > 0 else float("nan"),
             "top2_abs": top[1] if self.top_k > 1 else float("nan"),
             "top3_abs": top[2] if self.top_k > 2 else float("nan"),
             "zero_fraction": self.zeros / n_finite if n_finite else float("nan"),

@@ -28,7 +28,7 @@ def naive_summary(x):
     rms = x.pow(2).mean(-1).sqrt().reshape(-1)
     return {"mean": mu, "variance": m2, "skewness": (d**3).mean() / m2**1.5,
             "excess_kurtosis": (d**4).mean() / m2**2 - 3, "rms_mean": rms.mean(), "rms_max": rms.max(),
-            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.median(),
+            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.quantile(0.5),  # not torch.median: the lower middle
             "zero_fraction": (flat == 0).double().mean()}
 
 
@@ -245,3 +245,44 @@ def test_fused_pass_is_exact_for_any_number_of_threads(n_threads, monkeypatch):
     for key, value in want.items():
         tol = 0.01 if key == "median_abs" else 1e-10
         assert math.isclose(row[key], float(value), rel_tol=tol, abs_tol=1e-12), key
+
+
+def test_histogram_median_within_one_bin_of_the_exact_median():
+    """Small and even counts included: the old rule returned the lower middle bin ([1, 2] -> 1.008)."""
+    g = np.random.default_rng(0)
+    for n in list(range(1, 41)) + [101, 1000]:
+        for _ in range(5):
+            a = np.exp(g.normal(0, 3, n)) * g.choice([-1, 1], n)
+            a[g.random(n) < 0.2] = 0.0
+            exact = float(np.median(np.abs(a)))
+            t = torch.from_numpy(a).float()
+            est = histogram_quantile(abs_histogram(t.abs()), zeros=int((t == 0).sum()))
+            assert abs(est - exact) <= 2 ** -7 * exact + 1e-30, (n, est, exact)
+    assert abs(histogram_quantile(abs_histogram(torch.tensor([1.0, 2.0]))) - 1.5) < 1.5 * 2 ** -7
+
+
+def test_median_of_small_first_position_groups(reduction_path):
+    x = torch.tensor([[[1.0, -2.0]], [[4.0, 8.0]]])  # first group: 4 entries, exact median 3
+    probe = ActivationStatsProbe(split_first=True)
+    probe.update("s", torch.cat([x, torch.ones(2, 1, 2)], 1))
+    row = probe.result().to_frame().set_index("group").loc["first"]
+    assert abs(row["median_abs"] - 3.0) <= 3.0 * 2 ** -7
+
+
+def test_mostly_zero_activations_have_median_zero_and_no_massive_ratio(reduction_path):
+    """ReLU output with >= half exact zeros: median 0 (was ~1e-40) and max/median undefined (was ~1e40)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(4, 16, 32, generator=g) - 0.5)  # ~69 % zeros
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", x)
+    row = probe.result().to_frame().iloc[0]
+    assert (x == 0).double().mean() > 0.5
+    assert row["median_abs"] == 0.0
+    assert math.isnan(row["massive_ratio"])
+    y = torch.relu(torch.randn(4, 16, 32, generator=g) + 1.0)  # a few zeros, median positive
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", y)
+    row = probe.result().to_frame().iloc[0]
+    exact = float(np.median(y.reshape(-1).numpy().astype(np.float64)))
+    assert abs(row["median_abs"] - exact) <= exact * 2 ** -7
+    assert math.isclose(row["massive_ratio"], float(y.max()) / row["median_abs"])
