@@ -20,6 +20,11 @@ number of tokens:
 * NaN and inf counts and the number of tokens holding one. Non-finite entries
   are excluded from every other statistic (not averaged in) and flagged.
 
+Padding: with an ``attention_mask`` on the model call (or given to
+:meth:`ActivationStatsProbe.update`), padded tokens are left out of every
+statistic, and "first" is each sequence's first real token (so left padding
+keeps the BOS-like token apart as right padding does).
+
 One tensor seen at two sites in the same forward (a Pre-LN block's input is
 also ln1's input) is reduced once. The reduction itself (power sums about a
 fixed centre, histogram, top-k, counts) lives in :mod:`normlens.probes.reduce`
@@ -40,7 +45,7 @@ import torch
 
 from normlens.io import read_npz, save_frame, write_npz
 from normlens import sites as S
-from normlens.probes.attach import BatchContext, ModelInfo, Probe
+from normlens.probes.attach import BatchContext, ModelInfo, Probe, ProbeError, real_token_mask
 from normlens.probes.moments import Moments
 from normlens.probes.reduce import CHUNK_ELEMENTS, N_HIST_BINS, GroupSums, Workspace, abs_histogram
 
@@ -297,26 +302,56 @@ class ActivationStatsProbe(Probe):
         self._pending_entries: dict[str, int] = {}
         self._workspace = Workspace()
 
-    def update(self, site: str, x: torch.Tensor) -> None:
-        """Add activations ``x`` (..., d) of ``site`` directly (no model needed)."""
-        self._add(site, x, None)
+    def update(self, site: str, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Add activations ``x`` (..., d) of ``site`` directly (no model needed).
+
+        ``attention_mask``: (batch, pos), 1/True = real token (or a 4-D mask, see
+        :func:`~normlens.probes.attach.real_token_mask`); padded tokens are left out.
+        """
+        self._add(site, x, None, real_token_mask(attention_mask))
 
     def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
-        self._add(site, x, batch.shared)
+        self._add(site, x, batch.shared, batch.attention_mask)
 
-    def _add(self, site: str, seen: torch.Tensor, shared: dict | None) -> None:
+    def _add(self, site: str, seen: torch.Tensor, shared: dict | None, mask: torch.Tensor | None) -> None:
         x = seen.detach()  # a new object: ``seen`` itself identifies the tensor across sites
         if x.dim() == 0:
             x = x.reshape(1, 1)
         if x.dim() == 1:
             x = x[:, None]
         d = x.shape[-1]
+        if mask is not None and x.dim() >= 3:  # activations without (batch, pos) axes have nothing to drop
+            if tuple(x.shape[:2]) != tuple(mask.shape):
+                raise ProbeError(f"attention_mask of shape {tuple(mask.shape)} does not match the (batch, pos) axes "
+                                 f"of site {site!r}, shape {tuple(x.shape)}; pass a (batch, pos) mask")
+            mask = mask.to(device=x.device, dtype=torch.bool)
+            if not bool(mask.all()):
+                self._add_real_tokens(site, seen, x, mask, shared)
+                return
         if self.split_first and x.dim() >= 3:
             self._buffer_first(site, x[:, :1])
             rows_per_position = x[0, 0].numel() // d  # > 1 for per-head activations (b, p, h, d)
             body, p0 = x.reshape(x.shape[0], -1, d), rows_per_position
         else:
             body, p0 = x.reshape(1, -1, d), 0
+        self._add_body(site, seen, body, p0, shared)
+
+    def _add_real_tokens(self, site: str, seen: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                         shared: dict | None) -> None:
+        """Only the tokens where ``mask`` (batch, pos) is True; "first" = each sequence's first real one."""
+        d = x.shape[-1]
+        body_mask = mask
+        if self.split_first:
+            has_real = mask.any(1)
+            seq = torch.arange(mask.shape[0], device=mask.device)[has_real]
+            first = mask[has_real].int().argmax(1)  # the first real position of each sequence
+            self._buffer_first(site, x[seq, first])
+            body_mask = mask.clone()
+            body_mask[seq, first] = False
+        self._add_body(site, seen, x[body_mask].reshape(1, -1, d), 0, shared)
+
+    def _add_body(self, site: str, seen: torch.Tensor, body: torch.Tensor, p0: int, shared: dict | None) -> None:
+        d = body.shape[-1]
         acc = self._acc.setdefault(site, {})
         key = (self.name, id(self), id(seen))
         memo = shared.get(key) if shared is not None else None
