@@ -5,6 +5,7 @@ from normlens.probes.attention import (AttentionEntropyProbe, AttentionEntropyRe
 from normlens.probes.effectiveness import (EffectivenessResult, compute_angular_distances, compute_effectiveness,
                                            compute_gradient_norms, compute_skip_losses)
 from normlens.probes.linear import LinearProbeResult, fit_linear_probes
+from normlens.probes.massive import MassiveActivationProbe, MassiveActivationResult, compute_massive_activations
 from normlens.probes.moments import Moments
 from normlens.probes.norm_probes import NormScaleProbe, SCurveProbe, SCurveResult, dyt_alphas, residual_growth
 from normlens.probes.stats import ActivationStatsProbe, ActivationStatsResult
@@ -17,4 +18,5 @@ __all__ = [
     "compute_skip_losses", "LinearProbeResult", "fit_linear_probes", "Moments", "NormScaleProbe", "SCurveProbe",
     "SCurveResult", "dyt_alphas", "residual_growth", "ActivationStatsProbe", "ActivationStatsResult",
     "ProbeSuiteResult", "run_probe_suite",
+    "MassiveActivationProbe", "MassiveActivationResult", "compute_massive_activations",
 ]
