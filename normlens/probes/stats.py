@@ -136,7 +136,7 @@ class GroupStats:
         channel, token_rms = sums.moments()
         return cls(d=sums.d, top_k=sums.top_k, channel=channel, token_rms=token_rms, rms_max=sums.rms_max,
                    max_abs=float(sums.top[0]) if sums.top.numel() else 0.0, top=sums.top.clone(),
-                   hist=sums.hist.clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
+                   hist=sums.histogram().clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
                    nan=sums.nan, inf=sums.inf, nonfinite_tokens=sums.nonfinite_tokens)
 
     def merge(self, other: "GroupStats") -> "GroupStats":
@@ -363,7 +363,8 @@ class ActivationStatsProbe(Probe):
             part.reduce_positions(body, p0, self._workspace)
             if shared is not None:
                 shared[key] = (weakref.ref(seen), part)
-        acc["body"] = part if total is None else total.add(part)
+        # the running total is added into in place; ``part`` may be another site's too (memo)
+        acc["body"] = part.copy() if total is None else total.add_(part)
 
     def _buffer_first(self, site: str, rows: torch.Tensor) -> None:
         self._pending.setdefault(site, []).append(rows.reshape(-1, rows.shape[-1]).clone())
@@ -380,7 +381,7 @@ class ActivationStatsProbe(Probe):
         total = acc.get("first")
         part = total.centred_like() if total is not None else GroupSums(rows[0].shape[-1], self.top_k)
         part.reduce_positions(torch.cat(rows)[None], 0, self._workspace)
-        acc["first"] = part if total is None else total.add(part)
+        acc["first"] = part if total is None else total.add_(part)
 
     def result(self) -> ActivationStatsResult:
         for site in list(self._pending):

@@ -286,3 +286,19 @@ def test_mostly_zero_activations_have_median_zero_and_no_massive_ratio(reduction
     exact = float(np.median(y.reshape(-1).numpy().astype(np.float64)))
     assert abs(row["median_abs"] - exact) <= exact * 2 ** -7
     assert math.isclose(row["massive_ratio"], float(y.max()) / row["median_abs"])
+
+
+def test_one_tensor_at_two_sites_over_several_forwards(model64, tokens, reduction_path):
+    """Running totals are added into in place; a part shared by two sites (one tensor) must stay intact."""
+    a, b = S.resid_pre(1), S.norm_in("blocks.1.ln1")  # Pre-LN: the same tensor
+    probe = ActivationStatsProbe(sites=[a, b])
+    with attach(model64, probe):
+        for part in tokens.split(1):
+            model64(part)
+    frame = probe.result().to_frame().set_index(["site", "group"])
+    _, cache = model64.run_with_cache(tokens)
+    for site in (a, b):
+        want = naive_summary(cache[a][:, 1:])
+        for key in ("mean", "variance", "excess_kurtosis", "max_abs", "rms_mean"):
+            assert math.isclose(frame.loc[(site, "body"), key], float(want[key]), rel_tol=1e-9), (site, key)
+    assert frame.loc[(a, "body"), "count"] == frame.loc[(b, "body"), "count"] == 3 * 11 * 16
