@@ -248,7 +248,8 @@ def main(quick: bool = False) -> None:
     # 4. a training step after the probe / before, under contention
     r = bench_train_step_after_probes(repeats=3 if quick else 5)
     print(f"[4] training step after the statistics probe / before ({r['shape']}, {r['n_busy']} busy processes "
-          f"beside it): {r['ratio']:.2f}x wall ({r['step_after_s'] * 1e3:.0f} ms vs {r['step_before_s'] * 1e3:.0f} ms), "
+          f"beside it): {r['ratio']:.2f}x wall ({r['step_after_s'] * 1e3:.0f} ms vs "
+          f"{r['step_before_s'] * 1e3:.0f} ms), "
           f"{r['cpu_ratio']:.2f}x CPU; torch threads {r['torch_threads_before']} -> {r['torch_threads_after']} "
           f"(target <= 1.05x, threads unchanged)")
 

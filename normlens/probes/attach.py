@@ -74,13 +74,13 @@ class MaskRules:
     """How a model reads a 4-D ``attention_mask``.
 
     Hugging Face models (``F.scaled_dot_product_attention``'s convention): bool True = may attend,
-    an additive entry at or below -1e4 (they use -inf or the dtype's minimum) hides the key.
+    an additive entry below -1000 hides the key (they use -inf, the dtype's minimum or -10000).
     TransformerLens's native attention, which the zoo is built on: bool True = hidden, an
     additive entry below -1 hides the key.
     """
 
     bool_hides: bool = False
-    hidden_below: float = -1e4
+    hidden_below: float = -1e3
 
     def allowed(self, mask: torch.Tensor) -> torch.Tensor:
         """Bool "may attend" (same shape); integer masks: nonzero = may attend."""
@@ -111,8 +111,9 @@ def real_token_mask(mask: torch.Tensor | None, rules: MaskRules = HF_MASKS) -> t
     * (batch, pos): 1/True = real token, returned as bool.
     * (batch, q, k) or (batch, heads, q, k) with q == k, read by ``rules`` (bool, integer or
       additive float; see :class:`MaskRules` -- :func:`attach` picks the attached model's): the key
-      padding, where the mask is a padding mask, causal or not. That is: for each sequence, a set of real tokens such that every
-      real query attends exactly to the real keys (those at or before it, if causal), in every head.
+      padding, where the mask is a padding mask, causal or not. That is: for each sequence, a set
+      of real tokens such that every real query attends exactly to the real keys (those at or
+      before it, if causal), in every head.
       The set is read from the diagonal (a real token attends to itself) or, failing that, from the
       last query's row (Hugging Face fills the rows of left-padded queries with "attend to all");
       a padded query's row must hide every key, open every key, or equal a real query's row.

@@ -3,8 +3,9 @@
 Activations are collected by a probe (:class:`ActivationSampleProbe`, so they
 can be gathered in a forward pass other probes share) that keeps only a seeded
 random subset of token positions, sized so that all kept activations fit in
-``max_bytes`` (float32); nothing else is stored. Forwards run in eval mode. Each site gets a scikit-learn probe fitted on
-a seeded train split and scored on the held-out rest:
+``max_bytes`` (float32); nothing else is stored. Forwards run in eval mode.
+Each site gets a scikit-learn probe fitted on a seeded train split and scored
+on the held-out rest:
 
 * categorical labels (token identity, integer user labels): LogisticRegression
   (``kind="logistic"``) or RidgeClassifier (``kind="ridge"``), score = accuracy;

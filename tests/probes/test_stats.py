@@ -28,7 +28,8 @@ def naive_summary(x):
     rms = x.pow(2).mean(-1).sqrt().reshape(-1)
     return {"mean": mu, "variance": m2, "skewness": (d**3).mean() / m2**1.5,
             "excess_kurtosis": (d**4).mean() / m2**2 - 3, "rms_mean": rms.mean(), "rms_max": rms.max(),
-            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.quantile(0.5),  # not torch.median: the lower middle
+            # the exact median (torch.median returns the lower of the two middle values)
+            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.quantile(0.5),
             "zero_fraction": (flat == 0).double().mean()}
 
 
