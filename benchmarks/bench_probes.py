@@ -1,6 +1,6 @@
 """Probes benchmark: time and peak-memory ratios measured side by side in one run.
 
-    python benchmarks/bench_probes.py [--quick]
+    python benchmarks/bench_probes.py [--quick] [--train-step]
 
 1. Forward with all activation-statistics probes attached vs a plain forward
    (zoo model, 4 layers, width 256, 16 x 256 tokens, CPU, no_grad). Median of
@@ -11,6 +11,10 @@
 3. Attention entropy from q and k at context 4096 (1 sequence, 4 heads, d_head
    64): peak memory of the block-wise computation vs materializing the pattern
    and reducing it (target <= 1/16), and the largest difference in entropy.
+4. A training step after the statistics probe has run once in the process / the
+   same step before it, under contention (busy processes beside it; target
+   <= 1.05), and torch's intra-op thread count before and after the probe
+   (:func:`bench_train_step_after_probes`).
 
 Peak memory: each measurement runs in a fresh Python process (so no allocator
 cache is shared) that builds its inputs, records its peak resident set size
@@ -23,10 +27,12 @@ forward's own difference measured the same way.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -115,6 +121,72 @@ def child(mode: str) -> dict:
     return {"peak_mb": (_peak_kb() - before) / 1024}
 
 
+def _train_step_child(n_layers: int, d_model: int, n_ctx: int, batch: int, repeats: int,
+                      torch_threads: int) -> dict:
+    """In a fresh process: training steps before the probe, one probed forward, the same steps after."""
+    from normlens.losses import next_token_loss
+
+    torch.set_num_threads(torch_threads)
+    model = normlens.build_model(norm="ln", n_layers=n_layers, d_model=d_model, n_heads=4, n_ctx=n_ctx)
+    tokens = _tokens(batch, n_ctx)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad()
+        next_token_loss(model, tokens).backward()
+        opt.step()
+
+    def timed() -> tuple[float, float]:
+        wall, cpu = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        return statistics.median(wall), statistics.median(cpu)
+
+    step()  # warm-up
+    wall_before, cpu_before = timed()
+    threads_before = torch.get_num_threads()
+    _with_probes(model.eval(), tokens, finish=True)
+    model.train()
+    threads_after = torch.get_num_threads()
+    wall_after, cpu_after = timed()
+    return {"step_before_s": wall_before, "step_after_s": wall_after, "cpu_before_s": cpu_before,
+            "cpu_after_s": cpu_after, "torch_threads_before": threads_before,
+            "torch_threads_after": threads_after}
+
+
+def bench_train_step_after_probes(n_busy: int = 3, n_layers: int = 8, d_model: int = 128, n_ctx: int = 128,
+                                  batch: int = 8, repeats: int = 5, torch_threads: int | None = None) -> dict:
+    """A training step after ``ActivationStatsProbe`` ran once in the process / before it, under contention.
+
+    Runs in a fresh child process (a probe run earlier in this process would spoil "before"), with
+    ``n_busy`` busy-looping processes started beside it and killed afterwards. ``torch_threads``
+    (default: half the logical CPUs, torch's own default on a machine with two hardware threads per
+    core) is set in the child, so that a probe which changed torch's thread count shows up both in
+    ``torch_threads_after`` and in the step time. Returns the child's medians (wall and CPU seconds
+    per step, before and after), the thread counts, and ``ratio`` = wall after / wall before
+    (target <= 1.05) and ``cpu_ratio``.
+    """
+    if torch_threads is None:
+        torch_threads = max(1, (os.cpu_count() or 2) // 2)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n_busy)]
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", "train_step", json.dumps(
+            [n_layers, d_model, n_ctx, batch, repeats, torch_threads])], capture_output=True, text=True, check=True)
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result |= {"ratio": result["step_after_s"] / result["step_before_s"],
+               "cpu_ratio": result["cpu_after_s"] / result["cpu_before_s"], "n_busy": n_busy,
+               "shape": f"{n_layers}L d{d_model}, {batch}x{n_ctx} tokens"}
+    return result
+
+
 def _run_child(mode: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -173,10 +245,23 @@ def main(quick: bool = False) -> None:
           f"{pat['peak_mb']:.0f} MB -> ratio 1/{pat['peak_mb'] / max(qk['peak_mb'], 0.1):.0f} (target <= 1/16); "
           f"max |dH| = {float((a - b).abs().max()):.2e}")
 
+    # 4. a training step after the probe / before, under contention
+    r = bench_train_step_after_probes(repeats=3 if quick else 5)
+    print(f"[4] training step after the statistics probe / before ({r['shape']}, {r['n_busy']} busy processes "
+          f"beside it): {r['ratio']:.2f}x wall ({r['step_after_s'] * 1e3:.0f} ms vs "
+          f"{r['step_before_s'] * 1e3:.0f} ms), "
+          f"{r['cpu_ratio']:.2f}x CPU; torch threads {r['torch_threads_before']} -> {r['torch_threads_after']} "
+          f"(target <= 1.05x, threads unchanged)")
+
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child" and sys.argv[2] == "train_step":
+        print(json.dumps(_train_step_child(*json.loads(sys.argv[3]))))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--child":
         torch.set_num_threads(1)
         print(json.dumps(child(sys.argv[2])))
     else:
-        main(quick="--quick" in sys.argv)
+        if "--train-step" in sys.argv:  # only [4]
+            print(json.dumps(bench_train_step_after_probes(repeats=3 if "--quick" in sys.argv else 5)))
+        else:
+            main(quick="--quick" in sys.argv)

@@ -8,6 +8,7 @@ from normlens.probes.effectiveness import (EffectivenessResult, angular_distance
                                            compute_angular_distances, compute_effectiveness,
                                            compute_gradient_norms, compute_skip_losses, skip_losses_per_sequence)
 from normlens.probes.linear import LinearProbeResult, fit_linear_probes
+from normlens.probes.massive import MassiveActivationProbe, MassiveActivationResult, compute_massive_activations
 from normlens.probes.moments import Moments
 from normlens.probes.norm_probes import (NormScaleProbe, SCurveProbe, SCurveResult, dyt_alphas, fit_s_curve,
                                         residual_growth)
@@ -22,4 +23,5 @@ __all__ = [
     "compute_gradient_norms", "compute_skip_losses", "skip_losses_per_sequence", "LinearProbeResult",
     "fit_linear_probes", "Moments", "NormScaleProbe", "SCurveProbe", "SCurveResult", "fit_s_curve", "dyt_alphas", "residual_growth", "ActivationStatsProbe", "ActivationStatsResult",
     "ProbeSuiteResult", "run_probe_suite",
+    "MassiveActivationProbe", "MassiveActivationResult", "compute_massive_activations",
 ]

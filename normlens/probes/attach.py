@@ -13,8 +13,9 @@ Sites are exact names or glob patterns (``blocks.*.hook_resid_pre``); a name
 that matches nothing is an error listing the closest names. Each probe has
 defaults per model kind. Probes observe, they never change an activation.
 A forward pre-hook on the model opens a batch (and reads an ``attention_mask``
-keyword, used by the attention probes), a forward hook closes it. Detaching
-removes every handle it registered.
+keyword, reduced to a (batch, pos) real-token mask by :func:`real_token_mask`;
+the statistics and attention probes leave padded tokens out), a forward hook
+closes it. Detaching removes every handle it registered.
 
 >>> import normlens
 >>> from normlens.probes.stats import ActivationStatsProbe
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -67,12 +69,103 @@ class ModelInfo:
         return out
 
 
+@dataclass(frozen=True)
+class MaskRules:
+    """How a model reads a 4-D ``attention_mask``.
+
+    Hugging Face models (``F.scaled_dot_product_attention``'s convention): bool True = may attend,
+    an additive entry below -1000 hides the key (they use -inf, the dtype's minimum or -10000).
+    TransformerLens's native attention, which the zoo is built on: bool True = hidden, an
+    additive entry below -1 hides the key.
+    """
+
+    bool_hides: bool = False
+    hidden_below: float = -1e3
+
+    def allowed(self, mask: torch.Tensor) -> torch.Tensor:
+        """Bool "may attend" (same shape); integer masks: nonzero = may attend."""
+        if mask.dtype == torch.bool:
+            return ~mask if self.bool_hides else mask
+        if mask.is_floating_point():
+            return mask >= self.hidden_below
+        return mask != 0
+
+
+HF_MASKS = MaskRules()
+NATIVE_MASKS = MaskRules(bool_hides=True, hidden_below=-1.0)
+
+
+def mask_rules(model: nn.Module) -> MaskRules:
+    """:data:`NATIVE_MASKS` for a model with TransformerLens native attention (the zoo), else :data:`HF_MASKS`."""
+    try:
+        from transformer_lens.model_bridge.sources.native.model import NativeAttention
+    except ImportError:  # pragma: no cover - another TransformerLens layout
+        return HF_MASKS
+    native = any(isinstance(m, NativeAttention) for m in model.modules())
+    return NATIVE_MASKS if native else HF_MASKS
+
+
+def real_token_mask(mask: torch.Tensor | None, rules: MaskRules = HF_MASKS) -> torch.Tensor | None:
+    """The (batch, pos) bool mask of real (not padded) tokens behind a model call's ``attention_mask``.
+
+    * (batch, pos): 1/True = real token, returned as bool.
+    * (batch, q, k) or (batch, heads, q, k) with q == k, read by ``rules`` (bool, integer or
+      additive float; see :class:`MaskRules` -- :func:`attach` picks the attached model's): the key
+      padding, where the mask is a padding mask, causal or not. That is: for each sequence, a set
+      of real tokens such that every real query attends exactly to the real keys (those at or
+      before it, if causal), in every head.
+      The set is read from the diagonal (a real token attends to itself) or, failing that, from the
+      last query's row (Hugging Face fills the rows of left-padded queries with "attend to all");
+      a padded query's row must hide every key, open every key, or equal a real query's row.
+    * Anything else -- sliding windows, several documents packed in one row, q != k (a KV cache),
+      other shapes -- has no per-token padding: returns None, and every position counts as real.
+    """
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        return mask if mask.dtype == torch.bool else mask != 0
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]:
+        return None
+    allowed = rules.allowed(mask)  # (b, h, q, k)
+    n = allowed.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=allowed.device).tril()
+    keep = torch.zeros(allowed.shape[0], n, dtype=torch.bool, device=allowed.device)
+    found = torch.zeros(allowed.shape[0], dtype=torch.bool, device=allowed.device)
+    for candidate in (allowed.diagonal(dim1=-2, dim2=-1).all(1), allowed[:, :, -1, :].all(1)):  # (b, k)
+        full = candidate[:, None, None, :].expand_as(allowed)  # (b, h, q, k): attend to the real keys
+        rows_full = (allowed == full).all(-1)  # (b, h, q)
+        rows_causal = (allowed == (full & causal)).all(-1)
+        # a padded query's row is hidden, open, or the real keys' row (models fill these differently)
+        pad_rows = ~allowed.any(-1) | allowed.all(-1) | rows_full | rows_causal
+        real = candidate[:, None, :]  # (b, 1, q)
+        fits = ((rows_full | ~real) & (pad_rows | real)).flatten(1).all(1)
+        fits |= ((rows_causal | ~real) & (pad_rows | real)).flatten(1).all(1)
+        use = fits & ~found
+        keep[use] = candidate[use]
+        found |= fits
+    return keep if bool(found.all()) else None
+
+
 @dataclass
 class BatchContext:
-    """Per-forward state shared by all probes of one attachment."""
+    """Per-forward state shared by all probes of one attachment.
 
-    attention_mask: torch.Tensor | None = None  # (batch, pos), 1 = real token
+    ``attention_mask`` is always (batch, pos) bool, True = real token, or None (no padding);
+    a 4-D mask given here is reduced by :func:`real_token_mask` (Hugging Face's reading; an
+    attachment uses the attached model's) and kept as ``model_mask``.
+    """
+
+    attention_mask: torch.Tensor | None = None  # (batch, pos) bool, True = real token
     shared: dict[Any, Any] = field(default_factory=dict)  # per-batch memo (probes key it)
+    model_mask: torch.Tensor | None = None  # the mask as the model was called with it
+
+    def __post_init__(self) -> None:
+        if self.attention_mask is not None:
+            if self.model_mask is None:
+                self.model_mask = self.attention_mask
+            self.attention_mask = real_token_mask(self.attention_mask)
 
 
 class Probe:
@@ -180,10 +273,13 @@ class Attachment:
         self.probes = list(probes)
         self._handles: list[Any] = []
         self._batch: BatchContext | None = None
+        self._warned_mask = False
+        self._mask_rules = HF_MASKS
         self.attached = False
 
     def _attach(self) -> None:
         info, table = model_info(self.model)
+        self._mask_rules = mask_rules(self.model)
         routes: dict[tuple[int, str], tuple[nn.Module, str, list[tuple[Probe, str]]]] = {}
         for probe in self.probes:
             wanted = probe.site_patterns if probe.site_patterns is not None else probe.default_sites(info)
@@ -226,7 +322,12 @@ class Attachment:
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
-        self._batch = BatchContext(attention_mask=mask if torch.is_tensor(mask) else None)
+        mask = mask if torch.is_tensor(mask) else None
+        self._batch = BatchContext(attention_mask=real_token_mask(mask, self._mask_rules), model_mask=mask)
+        if self._batch.model_mask is not None and self._batch.attention_mask is None and not self._warned_mask:
+            self._warned_mask = True
+            warnings.warn(f"attention_mask of shape {tuple(mask.shape)} is not a padding mask (causal or not); "
+                          "probes count every position as a real token (see real_token_mask)", stacklevel=2)
         for probe in self.probes:
             probe.begin_batch(self._batch)
 

@@ -14,12 +14,25 @@ Rows are split into one contiguous range per thread, each with its own
 accumulators, summed at the end. Non-finite entries are not masked here: they
 make the row's sum of squares non-finite, and the caller then takes the masked
 path. Compared with the same reduction as ~15 separate torch operations this
-reads the activations once instead of ~15 times (measured on the project's
-2-core box, 4080 x 256 float32: 0.8 ms vs 3.3 ms).
+reads the activations once instead of ~15 times.
+
+Threads: the compiled row loop is serial and releases the GIL; the row ranges
+run on a small pool of Python threads (idle workers block, they never spin),
+at most ``torch.get_num_threads()`` of them, so the probe follows the thread
+budget the user gave torch. numba's own parallel layer is deliberately not
+used: its OpenMP layer binds to the libgomp torch has already loaded and, on
+its first launch, calls ``omp_set_num_threads(NUMBA_NUM_THREADS)`` and enables
+nested regions on the calling thread. ATen reads its intra-op thread count
+from that same OpenMP setting, so after one probe every later torch operation
+ran on numba's count (all logical CPUs) instead of torch's (physical cores, or
+what ``torch.set_num_threads`` chose); on a busy machine the extra threads
+spinning at OpenMP barriers made a training step several times slower.
 """
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numba
@@ -27,6 +40,7 @@ import torch
 
 N_BINS = 1 << 15
 _TILE = 128
+MIN_ROWS_PER_THREAD = 256  # below this a second thread costs more than it saves
 # reassociation lets LLVM vectorize the sums; no "nnan"/"ninf": NaN must propagate to the caller's check
 _FASTMATH = {"reassoc", "contract", "arcp"}
 
@@ -75,45 +89,37 @@ def _flush(tile, total):  # pragma: no cover - compiled
             tile[k, j] = 0
 
 
-def _reduce_rows(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover - compiled
-    n_batch, n_pos, d = x.shape
-    width = n_pos - p0
-    n_rows = n_batch * width
-    sums = np.zeros((n_blocks, 4, d))
-    hist = np.zeros((n_blocks, N_BINS), np.int32)  # <= 2^31 entries per call (checked by the caller)
-    zeros = np.zeros(n_blocks, np.int64)
-    row_sq = np.empty(n_rows)
-    row_max = np.empty(n_rows, x.dtype)  # exact for float64 rows too: the top-k rows are ranked by it
-    per_block = (n_rows + n_blocks - 1) // n_blocks
-    # every array is allocated here, none in the threads (no per-thread malloc arenas)
-    tiles = np.zeros((n_blocks, 4, d), x.dtype)
-    c = centre.astype(x.dtype)
-    for block in numba.prange(n_blocks):
-        tile = tiles[block]
-        counts = hist[block]
-        in_tile = 0
-        z = 0
-        for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
-            b = r // width
-            p = p0 + r - b * width
-            row = x[b, p]
-            sq = _row_sums(row, c, tile[0], tile[1], tile[2], tile[3])
-            largest = _abs_max(row)
-            z += _count_bins(bits[b, p], counts)
-            row_sq[r] = sq
-            row_max[r] = largest
-            in_tile += 1
-            if in_tile == _TILE:
-                _flush(tile, sums[block])
-                in_tile = 0
-        _flush(tile, sums[block])
-        zeros[block] = z
-    total = sums.sum(0)
-    # scalars: zeros, RMS power sums about rms_centre (4), RMS max, non-finite flag
+@numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False, cache=True)
+def _reduce_block(x, bits, p0, centre, start, stop, tile, sums, counts, row_sq, row_max):  # pragma: no cover
+    """Rows ``start:stop`` of the flattened ``x[:, p0:]`` into this block's own accumulators.
+
+    x (B, P, D), bits (B, P, D) int32, centre (D,) in x's dtype; writes tile (4, D) x.dtype
+    scratch, sums (4, D) float64, counts (N_BINS,) int32, row_sq/row_max (n_rows,).
+    Returns the number of exact zeros.
+    """
+    width = x.shape[1] - p0
+    in_tile = 0
+    zeros = 0
+    for r in range(start, stop):
+        b = r // width
+        p = p0 + r - b * width
+        row = x[b, p]
+        row_sq[r] = _row_sums(row, centre, tile[0], tile[1], tile[2], tile[3])
+        row_max[r] = _abs_max(row)
+        zeros += _count_bins(bits[b, p], counts)
+        in_tile += 1
+        if in_tile == _TILE:
+            _flush(tile, sums)
+            in_tile = 0
+    _flush(tile, sums)
+    return zeros
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def _rms_scalars(row_sq, d, rms_centre, finite):  # pragma: no cover - compiled
+    """(zeros slot, four power sums of the per-row RMS about rms_centre, max RMS, non-finite flag)."""
     scalars = np.zeros(7)
-    scalars[0] = zeros.sum()
-    finite = np.isfinite(total).all()
-    for r in range(n_rows):
+    for r in range(row_sq.shape[0]):
         rms = np.sqrt(row_sq[r] / d)
         finite = finite and np.isfinite(rms)
         e = rms - rms_centre
@@ -123,16 +129,35 @@ def _reduce_rows(x, bits, p0, centre, rms_centre, n_blocks):  # pragma: no cover
         scalars[4] += e * e * e * e
         scalars[5] = max(scalars[5], rms)
     scalars[6] = 0.0 if finite else 1.0
-    return total, hist.astype(np.int64).sum(0), scalars, row_max
+    return scalars
 
 
-_reduce_parallel = numba.njit(parallel=True, nogil=True, boundscheck=False, cache=True)(_reduce_rows)
-# A process forked from one whose OpenMP pool is running must not use that pool
-# (GNU OpenMP aborts the child): forked children run the same loop on one thread.
-# (not cached: numba's cache would hand it the parallel build of the same function)
-_reduce_serial = numba.njit(nogil=True, boundscheck=False)(_reduce_rows)
-_PROCESS = {"forked": False}
-os.register_at_fork(after_in_child=lambda: _PROCESS.update(forked=True))
+class _Workers:
+    """A lazily started thread pool, rebuilt in a forked child (threads do not survive fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._executor: ThreadPoolExecutor | None = None
+        self._size = 0
+
+    def get(self, n_workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._pid != os.getpid() or self._size < n_workers:
+                old, same_process = self._executor, self._pid == os.getpid()
+                self._executor = ThreadPoolExecutor(n_workers, thread_name_prefix="normlens-stats")
+                self._pid, self._size = os.getpid(), n_workers
+                if old is not None and same_process:
+                    old.shutdown(wait=False)
+            return self._executor
+
+
+_WORKERS = _Workers()
+
+
+def n_threads_for(n_rows: int) -> int:
+    """Threads one pass over ``n_rows`` rows uses: torch's intra-op count, ~256+ rows each."""
+    return max(1, min(torch.get_num_threads(), n_rows // MIN_ROWS_PER_THREAD))
 
 
 def reduce_rows(x: torch.Tensor, p0: int, centre: torch.Tensor, rms_centre: float):
@@ -145,11 +170,32 @@ def reduce_rows(x: torch.Tensor, p0: int, centre: torch.Tensor, rms_centre: floa
     """
     if x.numel() >= 1 << 31:
         raise ValueError("reduce at most 2^31 entries per call (the histogram counts are int32)")
-    n_rows = x.shape[0] * (x.shape[1] - p0)
-    if _PROCESS["forked"]:
-        kernel, n_blocks = _reduce_serial, 1
+    xs = x.numpy()
+    n_batch, n_pos, d = xs.shape
+    n_rows = n_batch * (n_pos - p0)
+    bits = (x if x.dtype == torch.float32 else x.float()).view(torch.int32).numpy()  # |x| bins from float32 bits
+    c = centre.numpy().astype(xs.dtype)
+    n_blocks = n_threads_for(n_rows)
+    # every array is allocated here, none in the threads (no per-thread malloc arenas)
+    tiles = np.zeros((n_blocks, 4, d), xs.dtype)
+    sums = np.zeros((n_blocks, 4, d))
+    hist = np.zeros((n_blocks, N_BINS), np.int32)  # <= 2^31 entries per call (checked above)
+    row_sq = np.empty(n_rows)
+    row_max = np.empty(n_rows, xs.dtype)  # exact for float64 rows too: the top-k rows are ranked by it
+    bounds = np.linspace(0, n_rows, n_blocks + 1).astype(np.int64)
+
+    def block(i: int) -> int:
+        return _reduce_block(xs, bits, p0, c, bounds[i], bounds[i + 1], tiles[i], sums[i], hist[i],
+                             row_sq, row_max)
+
+    if n_blocks == 1:
+        zeros = block(0)
     else:
-        kernel, n_blocks = _reduce_parallel, max(1, min(numba.get_num_threads(), n_rows // 64))
-    bits = (x if x.dtype == torch.float32 else x.float()).view(torch.int32)  # |x| bins from float32 bits
-    out = kernel(x.numpy(), bits.numpy(), p0, centre.numpy(), float(rms_centre), n_blocks)
-    return tuple(torch.from_numpy(a) for a in out)
+        pool = _WORKERS.get(n_blocks - 1)
+        others = [pool.submit(block, i) for i in range(1, n_blocks)]
+        zeros = block(0) + sum(f.result() for f in others)
+    total = sums.sum(0)
+    scalars = _rms_scalars(row_sq, d, float(rms_centre), bool(np.isfinite(total).all()))
+    scalars[0] = zeros
+    hist_total = hist.sum(0, dtype=np.int64)
+    return tuple(torch.from_numpy(a) for a in (total, hist_total, scalars, row_max))

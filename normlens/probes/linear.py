@@ -1,9 +1,11 @@
 """Linear probes: how much of a label is linearly readable from each layer's activations.
 
-Activations are collected with hooks that keep only a seeded random subset of
-token positions, sized so that all kept activations fit in ``max_bytes``
-(float32); nothing else is stored. Each site gets a scikit-learn probe fitted on
-a seeded train split and scored on the held-out rest:
+Activations are collected by a probe (:class:`ActivationSampleProbe`, so they
+can be gathered in a forward pass other probes share) that keeps only a seeded
+random subset of token positions, sized so that all kept activations fit in
+``max_bytes`` (float32); nothing else is stored. Forwards run in eval mode.
+Each site gets a scikit-learn probe fitted on a seeded train split and scored
+on the held-out rest:
 
 * categorical labels (token identity, integer user labels): LogisticRegression
   (``kind="logistic"``) or RidgeClassifier (``kind="ridge"``), score = accuracy;
@@ -20,9 +22,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlens.hygiene import eval_mode
 from normlens.io import load_frame, save_frame
 from normlens import sites as S
-from normlens.probes.attach import model_info, resolve_sites
+from normlens.probes.attach import BatchContext, Probe, attach, model_info, resolve_sites
 
 KINDS = ("logistic", "ridge")
 
@@ -50,46 +53,77 @@ def default_probe_sites(model: nn.Module) -> list[str]:
         S.module_output(p) for p in info.block_paths]
 
 
-def collect_activations(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], max_bytes: int,
-                        seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Activations (n_kept, d) per site at a seeded random subset of positions, and their flat indices."""
-    info, table = model_info(model)
-    sites = resolve_sites(list(sites), info.hook_names)
-    n_pos = tokens.numel()
-    gen = torch.Generator().manual_seed(seed)
-    kept: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+def activation_widths(model: nn.Module, sites: Sequence[str], tokens: torch.Tensor) -> dict[str, int]:
+    """Width (entries per token) of each site's activation, from one forward on ``tokens[:1, :2]``."""
     width: dict[str, int] = {}
 
-    def grab(site: str):
-        def hook(mod, args, out):
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            width[site] = out.shape[-1]
-            kept[site].append(out.detach().reshape(n_pos, -1)[idx].float())
-        return hook
+    class _Width(Probe):
+        def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
+            width[site] = x[0, 0].numel()
 
-    # Probe one token to learn the widths, then size the subset to the memory bound.
-    handles = []
-    idx = torch.zeros(1, dtype=torch.long)
-    for site in sites:
-        module, which = table[site]
-        if which == "in":
-            handles.append(module.register_forward_pre_hook(lambda m, a, s=site: grab(s)(m, a, a[0])))
-        else:
-            handles.append(module.register_forward_hook(grab(site)))
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            n_pos = tokens[:1, :2].numel()
-            model(tokens[:1, :2])
-            per_token = 4 * sum(width.values())
-            n_keep = min(tokens.numel(), max(1, max_bytes // max(per_token, 1)))
-            idx = torch.randperm(tokens.numel(), generator=gen)[:n_keep].sort().values
-            n_pos = tokens.numel()
-            kept = {s: [] for s in sites}
-            model(tokens)
-    finally:
-        for h in handles:
-            h.remove()
-    return {s: torch.cat(v).numpy() for s, v in kept.items()}, idx.numpy()
+    probe = _Width(list(sites))
+    with eval_mode(model), attach(model, probe), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model(tokens[:1, :2])
+    return {site: width[site] for site in probe.sites}
+
+
+def sample_positions(n_tokens: int, widths: dict[str, int], max_bytes: int, seed: int = 0) -> torch.Tensor:
+    """Sorted flat (batch * pos) indices of a seeded random subset of tokens whose float32
+    activations at all ``widths``' sites together fit in ``max_bytes``."""
+    per_token = 4 * sum(widths.values())
+    n_keep = min(n_tokens, max(1, max_bytes // max(per_token, 1)))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_tokens, generator=gen)[:n_keep].sort().values
+
+
+class ActivationSampleProbe(Probe):
+    """Keeps the activations of the tokens at flat indices ``idx`` (into batch * pos of the whole
+    token tensor), which the model sees in order, batch after batch; nothing else is stored.
+
+    ``result()`` -> (site -> float32 array (len(idx seen), width), the flat indices seen).
+    """
+
+    name = "activation_sample"
+
+    def __init__(self, sites: Sequence[str] | str, idx: torch.Tensor):
+        super().__init__(sites)
+        self.idx = torch.as_tensor(idx, dtype=torch.long)
+        self.reset()
+
+    def reset(self) -> None:
+        self._offset = 0
+        self._batch_tokens = 0
+        self._kept: dict[str, list[torch.Tensor]] = {}
+
+    def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
+        n = x.shape[0] * x.shape[1]  # (batch, pos, ...)
+        self._batch_tokens = n
+        lo, hi = torch.searchsorted(self.idx, torch.tensor([self._offset, self._offset + n])).tolist()
+        rows = (self.idx[lo:hi] - self._offset).to(x.device)
+        self._kept.setdefault(site, []).append(x.detach().reshape(n, -1)[rows].float().cpu())
+
+    def end_batch(self, batch: BatchContext) -> None:
+        self._offset += self._batch_tokens
+        self._batch_tokens = 0
+
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        n_seen = int(torch.searchsorted(self.idx, torch.tensor(self._offset)))
+        acts = {s: torch.cat(self._kept[s]).numpy() for s in self.sites if s in self._kept}
+        return acts, self.idx[:n_seen].numpy()
+
+
+def collect_activations(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], max_bytes: int,
+                        seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Activations (n_kept, d) per site at a seeded random subset of positions, and their flat indices.
+
+    Runs in eval mode (each module's own train flag is restored afterwards)."""
+    info, _ = model_info(model)
+    sites = resolve_sites(list(sites), info.hook_names)
+    idx = sample_positions(tokens.numel(), activation_widths(model, sites, tokens), max_bytes, seed)
+    probe = ActivationSampleProbe(sites, idx)
+    with eval_mode(model), attach(model, probe), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model(tokens)
+    return probe.result()
 
 
 def _targets(tokens: torch.Tensor, labels: str | np.ndarray | torch.Tensor, kind: str,

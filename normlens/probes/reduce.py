@@ -132,7 +132,7 @@ class GroupSums:
     token_rms: PowerSums | None = None  # (1,)
     rms_max: float = 0.0
     top: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    hist: torch.Tensor = field(default_factory=lambda: torch.zeros(N_HIST_BINS, dtype=torch.int64))
+    hist: torch.Tensor | None = None  # (N_HIST_BINS,) int64; None until the first entries arrive
     n_entries: int = 0
     n_tokens: int = 0
     zeros: int = 0
@@ -197,7 +197,7 @@ class GroupSums:
         width = work.shape[1] - p0
         rows = torch.topk(row_max, min(self.top_k, n_rows)).indices
         self._add_top(work[rows // width, p0 + rows % width].abs())
-        self.hist += hist
+        self._add_hist(hist)  # a fresh tensor from the kernel: adopted, not copied
         self.zeros += int(scalars[0])
         self.n_entries += n_rows * d
         self.n_tokens += n_rows
@@ -241,7 +241,7 @@ class GroupSums:
         bits = ws.take("bits", work.shape, torch.int32, work.device)
         torch.bitwise_and(source.view(torch.int32), 0x7FFFFFFF, out=bits).bitwise_right_shift_(16)
         hist = torch.bincount(bits.view(-1), minlength=N_HIST_BINS).cpu()
-        self.hist += hist
+        self._add_hist(hist)
         if hist[0] > 0:  # bin 0 holds the zeros (and denormals): count exactly
             self.zeros += n_rows * d - int(torch.count_nonzero(work))
         self.n_entries += n_rows * d
@@ -267,13 +267,24 @@ class GroupSums:
         self._add_top(a[rows])
         hist = abs_histogram(a).cpu()
         hist[0] -= bad  # non-finite entries were zeroed, not observed
-        self.hist += hist
+        self._add_hist(hist)
         self.zeros += n_rows * d - int(torch.count_nonzero(clean)) - bad
         self.nan += nan
         self.inf += bad - nan
         self.nonfinite_tokens += int((~good_tokens).sum())
         self.n_entries += n_rows * d
         self.n_tokens += n_rows
+
+    def _add_hist(self, hist: torch.Tensor) -> None:
+        """Add counts (N_HIST_BINS,) int64 on the CPU; the first tensor is taken over as is."""
+        if self.hist is None:
+            self.hist = hist
+        else:
+            self.hist += hist
+
+    def histogram(self) -> torch.Tensor:
+        """The |x| histogram (N_HIST_BINS,) int64 (zeros before any entry)."""
+        return self.hist if self.hist is not None else torch.zeros(N_HIST_BINS, dtype=torch.int64)
 
     def _add_rms(self, rms: torch.Tensor) -> None:
         if rms.numel():
@@ -285,23 +296,45 @@ class GroupSums:
         self.top = torch.topk(pool, min(self.top_k, pool.numel())).values
 
     # -- combining -------------------------------------------------------------
-    def add(self, other: "GroupSums") -> "GroupSums":
-        """Sums over both (a new object); the two must share centres (see :meth:`centred_like`)."""
+    def _check_addable(self, other: "GroupSums") -> None:
         if self.d != other.d:
             raise ValueError(f"cannot add statistics of width {self.d} and {other.d}")
-        if self.channel is None or other.channel is None:
-            return other if self.channel is None else self
         if not self.same_centres(other):
             raise ValueError("sums about different centres cannot be added; reduce with centred_like()")
-        pool = torch.cat([self.top, other.top])
-        return GroupSums(
-            d=self.d, top_k=self.top_k, channel=self.channel.add(other.channel),
-            token_rms=self.token_rms.add(other.token_rms), rms_max=max(self.rms_max, other.rms_max),
-            top=torch.topk(pool, min(self.top_k, pool.numel())).values, hist=self.hist + other.hist,
-            n_entries=self.n_entries + other.n_entries, n_tokens=self.n_tokens + other.n_tokens,
-            zeros=self.zeros + other.zeros, nan=self.nan + other.nan, inf=self.inf + other.inf,
-            nonfinite_tokens=self.nonfinite_tokens + other.nonfinite_tokens,
-        )
+
+    def add(self, other: "GroupSums") -> "GroupSums":
+        """Sums over both (a new object); the two must share centres (see :meth:`centred_like`)."""
+        self._check_addable(other)
+        return self.copy().add_(other)
+
+    def add_(self, other: "GroupSums") -> "GroupSums":
+        """In-place :meth:`add` (no new histogram or sums: the running total of a site); returns self.
+        ``other`` is left unchanged."""
+        self._check_addable(other)
+        if other.channel is None:
+            return self
+        if self.channel is None:
+            self.channel = PowerSums.start_at(other.channel.centre)
+            self.token_rms = PowerSums.start_at(other.token_rms.centre)
+        self.channel.add_(other.channel)
+        self.token_rms.add_(other.token_rms)
+        self.rms_max = max(self.rms_max, other.rms_max)
+        self._add_top(other.top)
+        if other.hist is not None:
+            self._add_hist(other.hist.clone() if self.hist is None else other.hist)
+        self.n_entries += other.n_entries
+        self.n_tokens += other.n_tokens
+        self.zeros += other.zeros
+        self.nan += other.nan
+        self.inf += other.inf
+        self.nonfinite_tokens += other.nonfinite_tokens
+        return self
+
+    def copy(self) -> "GroupSums":
+        """An independent copy (tensors cloned)."""
+        out = self.centred_like()
+        out.add_(self)
+        return out
 
     def moments(self) -> tuple[Moments, Moments]:
         """(per-channel moments (d,), pooled moments of the per-token RMS ())."""

@@ -13,12 +13,17 @@ number of tokens:
   the largest max |x|, so only those rows are searched);
 * median |x| from a histogram of |x| with log-spaced bins -- the top 16 bits of
   the float32 bit pattern (8 exponent bits, 7 mantissa bits), so each bin spans
-  a factor 2^(1/128) and the median is exact to 0.8 % relative; histograms add,
-  so the median merges exactly;
-* massive-activation ratio max |x| / median |x| (Sun et al. 2024);
+  a factor 2^(1/128) and the median is exact to 0.8 % relative (exact zeros,
+  counted apart, sit at 0); histograms add, so the median merges exactly;
+* massive-activation ratio max |x| / median |x| (Sun et al. 2024; NaN when the median is 0);
 * the fraction of exact zeros (after ReLU: the MLP post-activation site);
 * NaN and inf counts and the number of tokens holding one. Non-finite entries
   are excluded from every other statistic (not averaged in) and flagged.
+
+Padding: with an ``attention_mask`` on the model call (or given to
+:meth:`ActivationStatsProbe.update`), padded tokens are left out of every
+statistic, and "first" is each sequence's first real token (so left padding
+keeps the BOS-like token apart as right padding does).
 
 One tensor seen at two sites in the same forward (a Pre-LN block's input is
 also ln1's input) is reduced once. The reduction itself (power sums about a
@@ -40,7 +45,7 @@ import torch
 
 from normlens.io import read_npz, save_frame, write_npz
 from normlens import sites as S
-from normlens.probes.attach import BatchContext, ModelInfo, Probe
+from normlens.probes.attach import BatchContext, ModelInfo, Probe, ProbeError, real_token_mask
 from normlens.probes.moments import Moments
 from normlens.probes.reduce import CHUNK_ELEMENTS, N_HIST_BINS, GroupSums, Workspace, abs_histogram
 
@@ -56,19 +61,48 @@ def _bin_edges(b: int) -> tuple[float, float]:
     return lo, hi
 
 
-def histogram_quantile(hist: np.ndarray | torch.Tensor, q: float = 0.5) -> float:
-    """The q-quantile of |x| from :func:`abs_histogram` counts (linear within a bin)."""
+def histogram_quantile(hist: np.ndarray | torch.Tensor, q: float = 0.5, zeros: int = 0) -> float:
+    """The q-quantile of |x| from :func:`abs_histogram` counts.
+
+    The sorted values are estimated one by one -- the i-th of the c values in a
+    bin [lo, hi) at lo + (hi - lo)(i + 1/2)/c -- and the quantile interpolates
+    linearly between the two values at ranks floor(t) and ceil(t), t = q(n - 1)
+    (numpy's default "linear" rule), so the median of an even count is the mean
+    of the two middle values' estimates: within one bin width (2^-7 relative)
+    of the exact median. ``zeros`` of the values in bin 0 are exact zeros
+    (counted apart): they sit at 0, not spread over bin 0's denormal range.
+
+    >>> h = abs_histogram(torch.tensor([1.0, 2.0]))
+    >>> round(histogram_quantile(h), 2)
+    1.51
+    """
     counts = np.asarray(hist, dtype=np.float64)
     total = counts.sum()
     if total == 0:
         return float("nan")
-    target = q * (total - 1)  # rank of the quantile, 0-based
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    if not 0 <= zeros <= counts[0]:
+        raise ValueError(f"zeros must lie in [0, {int(counts[0])}] (the count of bin 0), got {zeros}")
     cum = np.cumsum(counts)
-    b = int(np.searchsorted(cum, target, side="right"))
-    lo, hi = _bin_edges(b)
-    before = cum[b - 1] if b > 0 else 0.0
-    frac = (target - before + 0.5) / counts[b]
-    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+
+    def value_at(rank: int) -> float:
+        if rank < zeros:
+            return 0.0
+        b = int(np.searchsorted(cum, rank, side="right"))  # the bin holding this rank
+        before = cum[b - 1] if b > 0 else 0.0
+        inside = counts[b]
+        if b == 0:  # the nonzero values of bin 0 (denormals) follow the zeros
+            before, inside = float(zeros), counts[0] - zeros
+        lo, hi = _bin_edges(b)
+        return lo + (hi - lo) * (rank - before + 0.5) / inside
+
+    target = q * (total - 1)
+    below = int(np.floor(target))
+    low = value_at(below)
+    if target == below:
+        return float(low)
+    return float(low + (target - below) * (value_at(below + 1) - low))
 
 
 @dataclass
@@ -102,7 +136,7 @@ class GroupStats:
         channel, token_rms = sums.moments()
         return cls(d=sums.d, top_k=sums.top_k, channel=channel, token_rms=token_rms, rms_max=sums.rms_max,
                    max_abs=float(sums.top[0]) if sums.top.numel() else 0.0, top=sums.top.clone(),
-                   hist=sums.hist.clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
+                   hist=sums.histogram().clone(), n_entries=sums.n_entries, n_tokens=sums.n_tokens, zeros=sums.zeros,
                    nan=sums.nan, inf=sums.inf, nonfinite_tokens=sums.nonfinite_tokens)
 
     def merge(self, other: "GroupStats") -> "GroupStats":
@@ -127,7 +161,7 @@ class GroupStats:
 
     def summary(self) -> dict[str, float]:
         pooled = self.channel.pooled()
-        median = histogram_quantile(self.hist)
+        median = histogram_quantile(self.hist, zeros=self.zeros)
         n_finite = self.n_entries - self.nan - self.inf
         top = self.top.tolist() + [float("nan")] * (self.top_k - self.top.numel())
         return {
@@ -136,7 +170,8 @@ class GroupStats:
             "excess_kurtosis": float(pooled.excess_kurtosis()),
             "rms_mean": float(self.token_rms.mean), "rms_std": float(self.token_rms.variance().sqrt()),
             "rms_max": self.rms_max, "max_abs": self.max_abs, "median_abs": median,
-            "massive_ratio": self.max_abs / median if median > 0 else float("inf"),
+            # Sun et al. 2024's max / median |x|; undefined (NaN) when at least half the entries are 0
+            "massive_ratio": self.max_abs / median if median > 0 else float("nan"),
             "top2_abs": top[1] if self.top_k > 1 else float("nan"),
             "top3_abs": top[2] if self.top_k > 2 else float("nan"),
             "zero_fraction": self.zeros / n_finite if n_finite else float("nan"),
@@ -267,26 +302,56 @@ class ActivationStatsProbe(Probe):
         self._pending_entries: dict[str, int] = {}
         self._workspace = Workspace()
 
-    def update(self, site: str, x: torch.Tensor) -> None:
-        """Add activations ``x`` (..., d) of ``site`` directly (no model needed)."""
-        self._add(site, x, None)
+    def update(self, site: str, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Add activations ``x`` (..., d) of ``site`` directly (no model needed).
+
+        ``attention_mask``: (batch, pos), 1/True = real token (or a 4-D mask, see
+        :func:`~normlens.probes.attach.real_token_mask`); padded tokens are left out.
+        """
+        self._add(site, x, None, real_token_mask(attention_mask))
 
     def observe(self, site: str, x: torch.Tensor, batch: BatchContext) -> None:
-        self._add(site, x, batch.shared)
+        self._add(site, x, batch.shared, batch.attention_mask)
 
-    def _add(self, site: str, seen: torch.Tensor, shared: dict | None) -> None:
+    def _add(self, site: str, seen: torch.Tensor, shared: dict | None, mask: torch.Tensor | None) -> None:
         x = seen.detach()  # a new object: ``seen`` itself identifies the tensor across sites
         if x.dim() == 0:
             x = x.reshape(1, 1)
         if x.dim() == 1:
             x = x[:, None]
         d = x.shape[-1]
+        if mask is not None and x.dim() >= 3:  # activations without (batch, pos) axes have nothing to drop
+            if tuple(x.shape[:2]) != tuple(mask.shape):
+                raise ProbeError(f"attention_mask of shape {tuple(mask.shape)} does not match the (batch, pos) axes "
+                                 f"of site {site!r}, shape {tuple(x.shape)}; pass a (batch, pos) mask")
+            mask = mask.to(device=x.device, dtype=torch.bool)
+            if not bool(mask.all()):
+                self._add_real_tokens(site, seen, x, mask, shared)
+                return
         if self.split_first and x.dim() >= 3:
             self._buffer_first(site, x[:, :1])
             rows_per_position = x[0, 0].numel() // d  # > 1 for per-head activations (b, p, h, d)
             body, p0 = x.reshape(x.shape[0], -1, d), rows_per_position
         else:
             body, p0 = x.reshape(1, -1, d), 0
+        self._add_body(site, seen, body, p0, shared)
+
+    def _add_real_tokens(self, site: str, seen: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                         shared: dict | None) -> None:
+        """Only the tokens where ``mask`` (batch, pos) is True; "first" = each sequence's first real one."""
+        d = x.shape[-1]
+        body_mask = mask
+        if self.split_first:
+            has_real = mask.any(1)
+            seq = torch.arange(mask.shape[0], device=mask.device)[has_real]
+            first = mask[has_real].int().argmax(1)  # the first real position of each sequence
+            self._buffer_first(site, x[seq, first])
+            body_mask = mask.clone()
+            body_mask[seq, first] = False
+        self._add_body(site, seen, x[body_mask].reshape(1, -1, d), 0, shared)
+
+    def _add_body(self, site: str, seen: torch.Tensor, body: torch.Tensor, p0: int, shared: dict | None) -> None:
+        d = body.shape[-1]
         acc = self._acc.setdefault(site, {})
         key = (self.name, id(self), id(seen))
         memo = shared.get(key) if shared is not None else None
@@ -298,7 +363,8 @@ class ActivationStatsProbe(Probe):
             part.reduce_positions(body, p0, self._workspace)
             if shared is not None:
                 shared[key] = (weakref.ref(seen), part)
-        acc["body"] = part if total is None else total.add(part)
+        # the running total is added into in place; ``part`` may be another site's too (memo)
+        acc["body"] = part.copy() if total is None else total.add_(part)
 
     def _buffer_first(self, site: str, rows: torch.Tensor) -> None:
         self._pending.setdefault(site, []).append(rows.reshape(-1, rows.shape[-1]).clone())
@@ -315,7 +381,7 @@ class ActivationStatsProbe(Probe):
         total = acc.get("first")
         part = total.centred_like() if total is not None else GroupSums(rows[0].shape[-1], self.top_k)
         part.reduce_positions(torch.cat(rows)[None], 0, self._workspace)
-        acc["first"] = part if total is None else total.add(part)
+        acc["first"] = part if total is None else total.add_(part)
 
     def result(self) -> ActivationStatsResult:
         for site in list(self._pending):

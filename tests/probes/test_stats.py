@@ -28,7 +28,8 @@ def naive_summary(x):
     rms = x.pow(2).mean(-1).sqrt().reshape(-1)
     return {"mean": mu, "variance": m2, "skewness": (d**3).mean() / m2**1.5,
             "excess_kurtosis": (d**4).mean() / m2**2 - 3, "rms_mean": rms.mean(), "rms_max": rms.max(),
-            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.median(),
+            # the exact median (torch.median returns the lower of the two middle values)
+            "max_abs": a.max(), "top2_abs": a.topk(2).values[1], "median_abs": a.quantile(0.5),
             "zero_fraction": (flat == 0).double().mean()}
 
 
@@ -171,8 +172,8 @@ def _variance_in_child(queue):
 
 
 @pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
-def test_statistics_work_in_a_process_forked_after_the_parallel_pass_ran():
-    """GNU OpenMP aborts a forked child that enters the parent's thread pool; the child runs serially."""
+def test_statistics_work_in_a_process_forked_after_the_threaded_pass_ran():
+    """The worker threads do not survive fork: a forked child starts its own pool."""
     import multiprocessing
 
     x = torch.randn(8, 200, 64, generator=torch.Generator().manual_seed(5))
@@ -205,3 +206,100 @@ def test_a_tensor_too_large_for_one_fused_pass_is_split_exactly(monkeypatch):
     a, b = whole.result().to_frame(), split.result().to_frame()
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-10, atol=1e-12)
+
+
+def test_the_fused_pass_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer reset torch's intra-op thread count on its first launch (issue 14).
+
+    Checked in a fresh process: the reset happened once per process, at the first parallel pass."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from normlens.probes.stats import ActivationStatsProbe\n"
+            "torch.set_num_threads(1)\n"
+            "probe = ActivationStatsProbe()\n"
+            "probe.update('s', torch.randn(8, 512, 64))\n"
+            "probe.result()\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split()[-1] == "1"
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_fused_pass_is_exact_for_any_number_of_threads(n_threads, monkeypatch):
+    import normlens.probes.cpu_kernel as kernel
+
+    monkeypatch.setattr(kernel, "MIN_ROWS_PER_THREAD", 8)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        assert kernel.n_threads_for(100) == n_threads
+        x = torch.randn(5, 41, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        x[2, 7] = 0.0
+        probe = ActivationStatsProbe(top_k=4)
+        probe.update("s", x)
+        row = probe.result().to_frame().set_index("group").loc["body"]
+    finally:
+        torch.set_num_threads(previous)
+    want = naive_summary(x[:, 1:])
+    for key, value in want.items():
+        tol = 0.01 if key == "median_abs" else 1e-10
+        assert math.isclose(row[key], float(value), rel_tol=tol, abs_tol=1e-12), key
+
+
+def test_histogram_median_within_one_bin_of_the_exact_median():
+    """Small and even counts included: the old rule returned the lower middle bin ([1, 2] -> 1.008)."""
+    g = np.random.default_rng(0)
+    for n in list(range(1, 41)) + [101, 1000]:
+        for _ in range(5):
+            a = np.exp(g.normal(0, 3, n)) * g.choice([-1, 1], n)
+            a[g.random(n) < 0.2] = 0.0
+            exact = float(np.median(np.abs(a)))
+            t = torch.from_numpy(a).float()
+            est = histogram_quantile(abs_histogram(t.abs()), zeros=int((t == 0).sum()))
+            assert abs(est - exact) <= 2 ** -7 * exact + 1e-30, (n, est, exact)
+    assert abs(histogram_quantile(abs_histogram(torch.tensor([1.0, 2.0]))) - 1.5) < 1.5 * 2 ** -7
+
+
+def test_median_of_small_first_position_groups(reduction_path):
+    x = torch.tensor([[[1.0, -2.0]], [[4.0, 8.0]]])  # first group: 4 entries, exact median 3
+    probe = ActivationStatsProbe(split_first=True)
+    probe.update("s", torch.cat([x, torch.ones(2, 1, 2)], 1))
+    row = probe.result().to_frame().set_index("group").loc["first"]
+    assert abs(row["median_abs"] - 3.0) <= 3.0 * 2 ** -7
+
+
+def test_mostly_zero_activations_have_median_zero_and_no_massive_ratio(reduction_path):
+    """ReLU output with >= half exact zeros: median 0 (was ~1e-40) and max/median undefined (was ~1e40)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(4, 16, 32, generator=g) - 0.5)  # ~69 % zeros
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", x)
+    row = probe.result().to_frame().iloc[0]
+    assert (x == 0).double().mean() > 0.5
+    assert row["median_abs"] == 0.0
+    assert math.isnan(row["massive_ratio"])
+    y = torch.relu(torch.randn(4, 16, 32, generator=g) + 1.0)  # a few zeros, median positive
+    probe = ActivationStatsProbe(split_first=False)
+    probe.update("s", y)
+    row = probe.result().to_frame().iloc[0]
+    exact = float(np.median(y.reshape(-1).numpy().astype(np.float64)))
+    assert abs(row["median_abs"] - exact) <= exact * 2 ** -7
+    assert math.isclose(row["massive_ratio"], float(y.max()) / row["median_abs"])
+
+
+def test_one_tensor_at_two_sites_over_several_forwards(model64, tokens, reduction_path):
+    """Running totals are added into in place; a part shared by two sites (one tensor) must stay intact."""
+    a, b = S.resid_pre(1), S.norm_in("blocks.1.ln1")  # Pre-LN: the same tensor
+    probe = ActivationStatsProbe(sites=[a, b])
+    with attach(model64, probe):
+        for part in tokens.split(1):
+            model64(part)
+    frame = probe.result().to_frame().set_index(["site", "group"])
+    _, cache = model64.run_with_cache(tokens)
+    for site in (a, b):
+        want = naive_summary(cache[a][:, 1:])
+        for key in ("mean", "variance", "excess_kurtosis", "max_abs", "rms_mean"):
+            assert math.isclose(frame.loc[(site, "body"), key], float(want[key]), rel_tol=1e-9), (site, key)
+    assert frame.loc[(a, "body"), "count"] == frame.loc[(b, "body"), "count"] == 3 * 11 * 16
