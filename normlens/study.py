@@ -199,7 +199,7 @@ def write_study_report(study: Study, results: str | Path, out: str | Path) -> Pa
 
 def default_report_path(results: str | Path, manifest: Mapping[str, Any]) -> Path:
     """Where the run wrote the report of ``results`` (the manifest's ``report``), else ``results/report.html``."""
-    return Path(results) / manifest.get("report", "report.html")
+    return Path(os.path.normpath(Path(results) / manifest.get("report", "report.html")))
 
 
 def rerender(results: str | Path, out: str | Path | None = None, *,
