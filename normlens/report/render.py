@@ -1,13 +1,14 @@
 """Render report sections to one self-contained HTML page (no network requests).
 
 Every user string (titles, model names, paths, table cells, notes, captions) is escaped:
-the template autoescapes, tables go through pandas with ``escape=True`` and captions
-through :func:`html.escape`; links to data files are percent-encoded relative URLs.
+the template autoescapes, table cells, headers and captions go through :func:`html.escape`;
+links to data files are percent-encoded relative URLs.
 """
 from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 import jinja2
+import numpy as np
+import pandas as pd
 from markupsafe import Markup
 
 from normlens.io import write_text
@@ -69,14 +72,35 @@ def provenance_view(manifest: Mapping[str, Any], folder: str | Path,
     return Provenance(rows=rows, config_json=config, wall=wall, files=files)
 
 
-def _format_cell(value: Any) -> str:
-    return f"{value:.4g}"
+def format_cell(value: Any) -> tuple[str, str]:
+    """(CSS class, text) of a table cell: numbers right-aligned and unbroken (4 significant digits),
+    missing values as "—", anything else as text that may wrap."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return "num", "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "text", str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return "num", str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "num", "—" if math.isnan(value) else f"{float(value):.4g}"
+    return "text", str(value)
+
+
+def _header(name: Any) -> str:
+    """An escaped column name that may break after underscores."""
+    return html.escape(str(name)).replace("_", "_<wbr>")
 
 
 def _table_html(table: Table) -> Markup:
-    body = table.frame.to_html(index=False, escape=True, na_rep="—", float_format=_format_cell, border=0)
-    caption = f"<caption>{html.escape(table.caption)}</caption>"
-    return Markup('<div class="table-wrap">' + body.replace(">\n", ">" + caption + "\n", 1) + "</div>")
+    """The table as escaped HTML inside a sideways-scrolling wrapper."""
+    frame = table.frame
+    head = "".join(f"<th>{_header(c)}</th>" for c in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False, name=None):
+        cells = (format_cell(v) for v in values)
+        rows.append("<tr>" + "".join(f'<td class="{cls}">{html.escape(text)}</td>' for cls, text in cells) + "</tr>")
+    return Markup(f'<div class="table-wrap"><table><caption>{html.escape(table.caption)}</caption>'
+                  f"<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
 
 
 def _environment() -> jinja2.Environment:

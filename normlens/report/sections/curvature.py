@@ -25,7 +25,7 @@ from normlens.curvature.results import (BlockSpectrumResult, DensityResult, Eige
 from normlens.io import read_json
 from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
 from normlens.report.section import ReportSection, Table
-from normlens.report.sections._common import one_axis
+from normlens.report.sections._common import one_axis, short_label, short_labels
 
 DATA = "summary.json"
 
@@ -34,12 +34,13 @@ def render_hessian_models(folder: Path, options: Mapping[str, Any]) -> ReportSec
     folder = Path(folder)
     data = read_json(folder / DATA)
     labels = {m["name"]: m.get("label") or m["name"] for m in data["models"]}
+    short = short_labels(labels.values())  # figures carry short names; the table the full ones
     status = {row["model"]: row.get("status") for row in data["rows"]}
     eigen, densities, blocks = {}, {}, {}
     for m in data["models"]:
         if status.get(m["name"]) != "ok":
             continue
-        label, stem = labels[m["name"]], m["stem"]
+        label, stem = short[labels[m["name"]]], m["stem"]
         eigen[label] = EigenResult.load(folder / f"{stem}_eigen.npz")
         densities[label] = DensityResult.load(folder / f"{stem}_density.npz")
         if (folder / f"{stem}_blocks.npz").is_file():
@@ -59,8 +60,8 @@ def render_hessian_models(folder: Path, options: Mapping[str, Any]) -> ReportSec
     if blocks:
         names = next(iter(blocks.values())).blocks
         empty = np.full(len(names), math.nan)  # a model without a Hessian: an empty (NaN) row
-        rows = [blocks.get(labels[m["name"]]) or BlockSpectrumResult(
-            labels[m["name"]], names, np.zeros(len(names), dtype=np.int64), empty, empty, 0)
+        rows = [blocks.get(short[labels[m["name"]]]) or BlockSpectrumResult(
+            short[labels[m["name"]]], names, np.zeros(len(names), dtype=np.int64), empty, empty, 0)
             for m in data["models"]]
         figures.append(one_axis(
             lambda ax: plot_block_heatmap(rows, ax=ax), (9, 0.55 * len(rows) + 2.2),
@@ -88,20 +89,21 @@ def render_hessian_model(folder: Path, options: Mapping[str, Any]) -> ReportSect
     folder = Path(folder)
     summary = read_json(folder / DATA)
     name = str(summary.get("model", "model"))
+    shown = short_label(name)
     eigen = EigenResult.load(folder / "eigen.npz")
     trace = TraceResult.load(folder / "trace.npz")
     density = DensityResult.load(folder / "density.npz")
     weights = WeightSpectraResult.load(folder / "weight_spectra.npz")
     k, which = summary.get("k", len(eigen.eigenvalues)), summary.get("which", "largest")
     figures = [
-        one_axis(lambda ax: plot_eigenvalues({name: eigen}, ax=ax), (6, 3.5), f"Top {k} Hessian eigenvalues ({which}).",
+        one_axis(lambda ax: plot_eigenvalues({shown: eigen}, ax=ax), (6, 3.5), f"Top {k} Hessian eigenvalues ({which}).",
                  alt=f"Bar chart of the {k} {which} Hessian eigenvalues of {name}.", name="eigenvalues"),
-        one_axis(lambda ax: plot_densities({name: density}, ax=ax), (6, 3.5), "Hessian spectral density (SLQ).",
+        one_axis(lambda ax: plot_densities({shown: density}, ax=ax), (6, 3.5), "Hessian spectral density (SLQ).",
                  alt=f"Line plot of the estimated Hessian eigenvalue density of {name} on a log scale.",
                  name="density"),
     ]
     if (folder / "blocks.npz").is_file():
-        block = BlockSpectrumResult.load(folder / "blocks.npz")
+        block = dataclasses.replace(BlockSpectrumResult.load(folder / "blocks.npz"), model=shown)
         figures.append(one_axis(lambda ax: plot_block_heatmap([block], ax=ax), (9, 2.6), "Top eigenvalue per block.",
                                 alt=f"Heatmap of the top Hessian eigenvalue of each block of {name}.", name="blocks"))
     notes = [] if eigen.all_converged else [

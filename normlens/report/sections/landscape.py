@@ -12,6 +12,7 @@ section.json (``model_name``, ``log_scale``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -29,7 +30,7 @@ from normlens.landscape.results import LandscapeMetrics, LandscapeResult  # noqa
 from normlens.plots.landscape import (plot_landscape_1d, plot_landscape_2d, plot_landscape_3d,  # noqa: E402
                                       plot_landscapes)
 from normlens.report.section import Figure, ReportSection, Table  # noqa: E402
-from normlens.report.sections._common import wrap_label  # noqa: E402
+from normlens.report.sections._common import panel_grid, short_label, wrap_label  # noqa: E402
 
 DATA = "summary.json"
 SECTION = "section.json"
@@ -48,7 +49,8 @@ def render_landscapes(folder: Path, options: Mapping[str, Any]) -> ReportSection
     figures = []
     listed = ", ".join(labels.values())
     if results:
-        axes = plot_landscapes({wrap_label(n): r for n, r in results.items()}, log=True)
+        _, grid = panel_grid(len(results), size=(3.2, 3.0))  # rows of at most 3: text stays readable
+        axes = plot_landscapes({wrap_label(n): r for n, r in results.items()}, axes=grid, log=True)
         figures.append(Figure.from_matplotlib(
             axes[0].figure,
             f"Loss over a filter-normalized random plane, span [−{span:g}, {span:g}]², {resolution}×{resolution} "
@@ -59,7 +61,7 @@ def render_landscapes(folder: Path, options: Mapping[str, Any]) -> ReportSection
     if present:
         fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
         for name, result in present.items():
-            plot_landscape_1d(result, ax, axis=0, label=name, caption=False)
+            plot_landscape_1d(result, ax, axis=0, label=short_label(name), caption=False)
         ax.set_title(wrap_label(next(iter(present.values())).describe() + " — line b = 0", 90))
         figures.append(Figure.from_matplotlib(
             fig, "Loss along the first direction (the b = 0 line of each plane).",
@@ -89,13 +91,14 @@ def render_landscape(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     meta = read_json(folder / SECTION) if (folder / SECTION).is_file() else {}
     model_name, log = str(meta.get("model_name") or "model"), bool(meta.get("log_scale", False))
     result = LandscapeResult.load(folder / "landscape.npz")
+    drawn = dataclasses.replace(result, model_name=wrap_label(result.model_name, 60)) if result.model_name else result
     metrics = LandscapeMetrics.load(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
     plots = ((("landscape_1d", plot_landscape_1d, "Line plot of the loss along the axis"),) if result.ndim == 1 else
              (("landscape_2d", plot_landscape_2d, "Contour map of the loss over the plane"),
               ("landscape_3d", plot_landscape_3d, "Surface plot of the loss over the plane")))
     figures = []
     for name, draw, alt in plots:
-        ax = draw(result, log=log)
+        ax = draw(drawn, log=log)
         figures.append(Figure.from_matplotlib(ax.figure, f"{name.replace('_', ' ')}: {model_name}",
                                               alt=f"{alt} around {model_name}.", name=name))
     finite = np.isfinite(result.loss)

@@ -31,7 +31,7 @@ from normlens.probes.norm_probes import SCurveResult  # noqa: E402
 from normlens.probes.stats import ActivationStatsResult  # noqa: E402
 from normlens.probes.suite import ProbeSuiteResult  # noqa: E402
 from normlens.report.section import Figure, ReportSection, Table  # noqa: E402
-from normlens.report.sections._common import one_axis, panel_grid, wrap_label  # noqa: E402
+from normlens.report.sections._common import one_axis, panel_grid, short_labels, wrap_label  # noqa: E402
 
 DATA = "section.json"
 RESID_COLUMNS = ["model", "site", "group", "variance", "excess_kurtosis", "max_abs", "median_abs", "massive_ratio",
@@ -104,7 +104,9 @@ def render_probes(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     tables = _tables(results)
     names = list(results)
 
-    def per_model(plot, field: str, caption: str, alt: str, size=(3.4, 3.0)) -> Figure:
+    short = short_labels(names)  # figures carry short names; the tables the full ones
+
+    def per_model(plot, field: str, caption: str, alt: str, size=(3.2, 2.9)) -> Figure:
         fig, axes = panel_grid(len(names), size)
         for ax, n in zip(axes, names):
             plot(getattr(results[n], field), ax=ax, title=wrap_label(n))
@@ -113,25 +115,27 @@ def render_probes(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     figures = []
     if results:
         stats, linear = tables["activation_stats"], tables["linear_probes"]
+        stats_fig = stats.assign(model=stats.model.map(short))
+        linear_fig = linear.assign(model=linear.model.map(short))
         listed = ", ".join(names)
         figures = [
             per_model(plot_entropy_heatmap, "entropy",
                       "Mean normalized attention entropy per layer and head (> 0.75: entropic overload).",
                       f"Heatmaps of normalized attention entropy, layer by head, one panel per model: {listed}."),
-            one_axis(lambda ax: plot_residual_growth({n: r.growth for n, r in results.items()}, ax=ax), (5.5, 3.4),
+            one_axis(lambda ax: plot_residual_growth({short[n]: r.growth for n, r in results.items()}, ax=ax), (5.5, 3.4),
                      "Residual-stream RMS vs depth, all models.",
                      alt=f"Line plot of residual-stream RMS against depth on a log scale for {listed}."),
             per_model(plot_s_curve, "s_curve", "Norm input vs output samples per slot (DyT S-curve).",
                       f"Scatter plots of norm input against norm output per norm slot, one panel per model: "
                       f"{listed}."),
-            one_axis(lambda ax: len(stats) and plot_kurtosis_and_massive(stats, ax=ax), (7, 3.6),
+            one_axis(lambda ax: len(stats) and plot_kurtosis_and_massive(stats_fig, ax=ax), (7, 3.6),
                      "Residual stream: excess kurtosis and max/median |x| per depth.",
                      alt=f"Line plot of excess kurtosis and max/median |x| of the residual stream per depth for "
                          f"{listed}."),
             per_model(plot_angular_heatmap, "effectiveness",
                       "Angular distance arccos(cos)/π between residual depths.",
                       f"Heatmaps of the angular distance between residual-stream depths, one per model: {listed}."),
-            one_axis(lambda ax: len(linear) and plot_probe_accuracy(linear, ax=ax), (6, 3.6),
+            one_axis(lambda ax: len(linear) and plot_probe_accuracy(linear_fig, ax=ax), (6, 3.6),
                      "Linear (ridge) probes per depth: token accuracy, position R².",
                      alt=f"Line plot of held-out linear-probe scores per depth for {listed}."),
         ]

@@ -22,7 +22,7 @@ import pandas as pd
 from normlens.io import read_json, write_json
 from normlens.plots.training import plot_training_curves
 from normlens.report.section import ReportSection, Table
-from normlens.report.sections._common import one_axis
+from normlens.report.sections._common import one_axis, short_labels
 from normlens.train import TrainResult
 
 DATA = "training.json"
@@ -43,8 +43,9 @@ def _nan(value: Any) -> float:
 def render_training(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     data = read_json(Path(folder) / DATA)
     labels = {m["name"]: m.get("label") or m["name"] for m in data["models"]}
-    runs = [dataclasses.replace(TrainResult.from_dict(r), name=labels.get(r["name"], r["name"]))
-            for r in data["runs"]]
+    short = short_labels(labels.values())
+    runs = [dataclasses.replace(TrainResult.from_dict(r), name=short[labels.get(r["name"], r["name"])])
+            for r in data["runs"] if labels.get(r["name"], r["name"]) in short]
     rows = []
     for m in data["models"]:
         step = m.get("diverged_step")

@@ -1,0 +1,41 @@
+"""Figures draw every label as plain text (never mathtext), with readable integer depth ticks."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from normlens.plots.style import mathtext_to_plain, plain_text_ticks, plot_style  # noqa: E402
+from normlens.report.section import Figure  # noqa: E402
+
+
+@pytest.mark.parametrize("label,plain", [
+    ("$\\mathdefault{10^{0}}$", "10⁰"), ("$\\mathdefault{10^{-3}}$", "10⁻³"),
+    ("$\\mathdefault{2\\times10^{1}}$", "2×10¹"), ("$\\mathdefault{-10^{2}}$", "−10²"),
+    ("$\\mathdefault{0}$", "0"), ("0.5", "0.5"), (3, 3),
+])
+def test_mathtext_tick_labels_become_unicode(label, plain):
+    assert mathtext_to_plain(label) == plain
+
+
+def test_user_text_is_never_parsed_as_mathtext_and_log_ticks_stay_readable():
+    with plot_style():
+        fig, ax = plt.subplots()
+        ax.plot([1, 10, 100], [1, 10, 1000], label="$\\nope{$")
+        ax.set_yscale("log")
+        ax.set_title("m$\\alpha$x")
+        ax.legend()
+        figure = Figure.from_matplotlib(fig, "c")  # would raise on "$\\nope{$" if parsed
+    assert figure.png.startswith(b"\x89PNG")
+    assert ax.title.get_parse_math() is False and ax.title.get_text() == "m$\\alpha$x"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "10⁰" in labels and "10²" in labels and not any("$" in t for t in labels)
+
+
+def test_plain_text_outside_the_style_context_too():
+    fig, ax = plt.subplots()
+    ax.set_xlabel("$\\nope{$")
+    plain_text_ticks(fig)
+    fig.canvas.draw()  # would raise if the label were parsed
+    assert ax.xaxis.label.get_parse_math() is False
+    plt.close(fig)
