@@ -186,6 +186,9 @@ def run_study(study: Study, config: StudyConfig = StudyConfig(), out: str | Path
                    report=os.path.relpath(os.path.abspath(out), os.path.abspath(results)))
     path = write_study_report(study, results, out)
     log(f"wrote {path} in {wall['total']:.1f} s")
+    verdict = study.verdict(results)
+    if verdict:
+        log(f"verdict: {verdict}")
     return path
 
 

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator, SymmetricalLogLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, SymmetricalLogLocator  # noqa: E402
 
 
 def _ax(ax):
@@ -74,8 +74,10 @@ def plot_kurtosis_and_massive(frame: pd.DataFrame, ax=None, kind: str = "resid")
         n += 2
     ax.set_xlabel(f"{kind} site (depth order)")
     ax.set_yscale("symlog", linthresh=1.0)
-    # a labelled tick at every decade, in the linear part too (the default leaves 10 to 10^k unlabelled)
-    ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=(1.0,)))
+    # labelled ticks at 1, 2 and 5 per decade as plain numbers: values between 1 and 10 (max/median,
+    # kurtosis) get labels too, where the default symlog ticks label only whole decades
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=tuple(range(2, 10))))
     ax.set_ylabel("excess kurtosis, max/median |x|")
     ax.grid(axis="y", lw=0.4, alpha=0.5)

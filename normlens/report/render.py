@@ -10,6 +10,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -64,7 +65,7 @@ def provenance_view(manifest: Mapping[str, Any], folder: str | Path,
             ("seeds", ", ".join(f"{k} = {v}" for k, v in (prov.get("seeds") or {}).items()) or "none"),
             ("command", str(prov.get("command") or "")),
             ("run ended", str(manifest.get("created", "?"))),
-            ("results folder", str(folder))]
+            ("results folder", os.path.abspath(folder))]
     wall = [(str(k), f"{float(v):.1f} s") for k, v in (prov.get("wall_seconds") or {}).items()]
     files = [(str(f["path"]), relative_link(Path(folder) / f["path"], html_path), _size(int(f.get("bytes", 0))))
              for f in manifest.get("files", [])]
@@ -86,19 +87,23 @@ def format_cell(value: Any) -> tuple[str, str]:
     return "text", str(value)
 
 
-def _header(name: Any) -> str:
-    """An escaped column name that may break after underscores."""
-    return html.escape(str(name)).replace("_", "_<wbr>")
+_BREAK_AFTER = re.compile(r"([._/\\-])")
+
+
+def breakable(text: Any) -> str:
+    """``text`` escaped, with line-break opportunities after ``. _ / \\ -`` (names, paths, sites)."""
+    return _BREAK_AFTER.sub(r"\1<wbr>", html.escape(str(text)))
 
 
 def _table_html(table: Table) -> Markup:
     """The table as escaped HTML inside a sideways-scrolling wrapper."""
     frame = table.frame
-    head = "".join(f"<th>{_header(c)}</th>" for c in frame.columns)
+    head = "".join(f"<th>{breakable(c)}</th>" for c in frame.columns)
     rows = []
     for values in frame.itertuples(index=False, name=None):
         cells = (format_cell(v) for v in values)
-        rows.append("<tr>" + "".join(f'<td class="{cls}">{html.escape(text)}</td>' for cls, text in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f'<td class="{cls}">{breakable(text) if cls == "text" else html.escape(text)}</td>'
+                                     for cls, text in cells) + "</tr>")
     return Markup(f'<div class="table-wrap"><table><caption>{html.escape(table.caption)}</caption>'
                   f"<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
 

@@ -39,3 +39,24 @@ def test_plain_text_outside_the_style_context_too():
     fig.canvas.draw()  # would raise if the label were parsed
     assert ax.xaxis.label.get_parse_math() is False
     plt.close(fig)
+
+
+def test_depth_axes_have_integer_ticks_and_the_kurtosis_plot_labels_values_between_decades():
+    import pandas as pd
+
+    from normlens.plots.probes import plot_kurtosis_and_massive, plot_residual_growth
+
+    growth = {"a": pd.DataFrame({"depth": [0, 1, 2], "rms": [1.0, 2.0, 4.0]})}
+    stats = pd.DataFrame({"kind": "resid", "group": "body", "model": "a", "excess_kurtosis": [0.1, 0.5, 1.5],
+                          "massive_ratio": [3.0, 6.0, 8.0]})
+    with plot_style():
+        fig, (left, right) = plt.subplots(1, 2)
+        plot_residual_growth(growth, ax=left)
+        plot_kurtosis_and_massive(stats, ax=right)
+        fig.canvas.draw()
+    for ax in (left, right):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    labels = {t.get_text() for t in right.get_yticklabels()}
+    assert {"1", "2", "5"} <= labels  # values between 1 and 10 are readable
+    plt.close(fig)

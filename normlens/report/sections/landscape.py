@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -62,7 +63,8 @@ def render_landscapes(folder: Path, options: Mapping[str, Any]) -> ReportSection
         fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
         for name, result in present.items():
             plot_landscape_1d(result, ax, axis=0, label=short_label(name), caption=False)
-        ax.set_title(wrap_label(next(iter(present.values())).describe() + " — line b = 0", 90))
+        title = next(iter(present.values())).describe() + " — line b = 0"
+        ax.set_title("\n".join(textwrap.wrap(title, 90)))
         figures.append(Figure.from_matplotlib(
             fig, "Loss along the first direction (the b = 0 line of each plane).",
             alt=f"Line plot of the loss along the first direction through each model: {', '.join(present)}."))
