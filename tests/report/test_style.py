@@ -60,3 +60,51 @@ def test_depth_axes_have_integer_ticks_and_the_kurtosis_plot_labels_values_betwe
     labels = {t.get_text() for t in right.get_yticklabels()}
     assert {"1", "2", "5"} <= labels  # values between 1 and 10 are readable
     plt.close(fig)
+
+
+def _entropy_result(n_layers: int = 2, n_heads: int = 4):
+    import numpy as np
+
+    from normlens.probes.attention import AttentionEntropyResult
+
+    shape = (n_layers, n_heads, 8)
+    counts = np.ones(shape)
+    return AttentionEntropyResult(tuple(range(n_layers)), counts * 1.5, counts * 0.8, counts, counts,
+                                  np.zeros(shape))
+
+
+def _s_curve_result():
+    import numpy as np
+
+    from normlens.probes.norm_probes import SCurveResult
+
+    x = np.linspace(-3, 3, 50)
+    slots = ("blocks.0.ln1", "blocks.0.ln2", "ln_final")
+    return SCurveResult(slots, {s: x for s in slots}, {s: np.tanh(x) for s in slots})
+
+
+@pytest.mark.parametrize("kind", ["entropy", "s_curve"])
+def test_side_by_side_panels_and_their_colour_bars_do_not_overlap(kind):
+    """The entropy heatmaps' "layer" label used to run into the previous panel's colour bar, and the
+    S-curve panels' labels into their neighbours."""
+    from normlens.plots.probes import plot_entropy_heatmap, plot_s_curve
+    from normlens.report.sections._common import panel_grid
+
+    names = ["LayerNorm (Pre-LN)", "RMSNorm", "DyT", "no normalization", "LayerNorm removed by fine-tuning"]
+    with plot_style():
+        fig, axes = panel_grid(len(names))
+        for ax, name in zip(axes, names):
+            if kind == "entropy":
+                plot_entropy_heatmap(_entropy_result(), ax=ax, title=name)
+            else:
+                plot_s_curve(_s_curve_result(), ax=ax, title=name)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+    overlaps = []
+    for i, ax in enumerate(axes):
+        own = {ax} | {c.colorbar.ax for c in ax.collections if getattr(c, "colorbar", None) is not None}
+        box = ax.get_tightbbox(renderer)  # the panel with its labels and tick labels
+        overlaps += [(i, other) for other in fig.get_axes() if other not in own
+                     and box.overlaps(other.get_tightbbox(renderer))]
+    assert overlaps == [], f"panels overlapping their neighbours (or their colour bars): {overlaps}"
+    plt.close(fig)
