@@ -114,30 +114,48 @@ class BaseStudy:
         return ""
 
 
+def _entry_points() -> dict[str, Any]:
+    return {point.name: point for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name)}
+
+
+def _load(point) -> Study:
+    try:
+        study = point.load()
+    except Exception as error:  # noqa: BLE001 - a broken plug-in is reported in one line
+        raise StudyError(f"study {point.name!r} ({point.value}) failed to import: "
+                         f"{type(error).__name__}: {error}") from None
+    if not isinstance(study, Study):
+        raise StudyError(f"entry point {point.name!r} ({point.value}) is not a Study (needs name, "
+                         "description, title, renderers, run, render, verdict)")
+    return study
+
+
 def discover_studies() -> dict[str, Study]:
-    """Every installed study, by name (entry-point group ``normlens.studies``), sorted by name."""
-    studies = {}
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+    """Every installed study, by name (entry-point group ``normlens.studies``), sorted by name;
+    a StudyError names the first one that cannot be imported."""
+    return {name: _load(point) for name, point in _entry_points().items()}
+
+
+def list_studies() -> list[tuple[str, str]]:
+    """(name, one-line description) of every installed study; a broken one says why instead."""
+    rows = []
+    for name, point in _entry_points().items():
         try:
-            study = point.load()
-        except Exception as error:  # noqa: BLE001 - one broken plug-in must not hide the others
-            raise StudyError(f"study {point.name!r} ({point.value}) failed to import: "
-                             f"{type(error).__name__}: {error}") from None
-        if not isinstance(study, Study):
-            raise StudyError(f"entry point {point.name!r} ({point.value}) is not a Study (needs name, "
-                             "description, title, renderers, run, render, verdict)")
-        studies[point.name] = study
-    return studies
+            rows.append((name, _load(point).description))
+        except StudyError as error:
+            rows.append((name, f"(unusable) {error}"))
+    return rows
 
 
 def find_study(name: str, studies: Mapping[str, Study] | None = None) -> Study:
-    """The study called ``name``; a one-line StudyError listing the installed ones otherwise."""
-    studies = discover_studies() if studies is None else studies
-    if name not in studies:
-        known = ", ".join(studies) or "none"
+    """The study called ``name`` (only that entry point is imported); a one-line StudyError listing
+    the installed ones otherwise."""
+    points = _entry_points() if studies is None else studies
+    if name not in points:
+        known = ", ".join(points) or "none"
         raise StudyError(f"no study named {name!r}; installed studies: {known} (`normlens analyze --list`; "
                          "after adding one to pyproject.toml, reinstall with `pip install -e .`)")
-    return studies[name]
+    return _load(points[name]) if studies is None else studies[name]
 
 
 def check_output(out: str | Path) -> Path:
@@ -222,5 +240,5 @@ def rerender(results: str | Path, out: str | Path | None = None, *,
 
 
 __all__ = ["BaseStudy", "ENTRY_POINT_GROUP", "MODES", "Study", "StudyConfig", "StudyError", "StudyRun",
-           "check_output", "discover_studies", "find_study", "rerender", "results_folder", "run_study",
+           "check_output", "discover_studies", "find_study", "list_studies", "rerender", "results_folder", "run_study",
            "write_study_report"]

@@ -23,15 +23,15 @@ def analyze_command(
     fresh: bool = typer.Option(False, "--fresh", help="retrain even if checkpoints are saved"),
 ) -> None:
     """Run a study: its data go to OUT's folder as NAME_data/, its report (rendered from them) to OUT."""
-    from normlens.study import StudyConfig, discover_studies, find_study, run_study
+    from normlens.study import StudyConfig, find_study, list_studies, run_study
 
     if list_:
-        studies = run_or_exit(discover_studies)
-        if not studies:
+        rows = list_studies()
+        if not rows:
             typer.echo("no studies installed (reinstall normlens: pip install -e .)")
-        width = max((len(n) for n in studies), default=0)
-        for study_name, study in studies.items():
-            typer.echo(f"{study_name:<{width}}  {study.description}")
+        width = max((len(n) for n, _ in rows), default=0)
+        for study_name, description in rows:
+            typer.echo(f"{study_name:<{width}}  {description}")
         return
     if name is None:
         typer.echo("error: name a study (normlens analyze --list shows them)", err=True)

@@ -21,7 +21,7 @@ def probe_model(model, tokens, out: Path, seed: int = 0, name: str = "model") ->
     seconds = time.perf_counter() - start
     save_probes(out, {name: result}, [{"name": name, "label": name, "dir": ".", "status": "ok"}],
                 seconds=seconds, tokens_shape=tuple(tokens.shape))
-    device = str(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else "cpu"
+    device = next((str(p.device) for p in model.parameters()), "cpu")
     provenance = collect_provenance(device=device, seeds={"seed": seed}, wall_seconds={"total": seconds},
                                     config={"model": name, "tokens": list(tokens.shape)})
     report, _ = publish_results(out, kind="probe", title=f"normlens probes: {name}",

@@ -88,17 +88,22 @@ def format_cell(value: Any) -> tuple[str, str]:
 
 
 _BREAK_AFTER = re.compile(r"([._/\\-])")
+_HEADER_BREAK_AFTER = re.compile(r"(_)")
+BREAK_LENGTH = 20  # shorter strings are left whole
 
 
-def breakable(text: Any) -> str:
-    """``text`` escaped, with line-break opportunities after ``. _ / \\ -`` (names, paths, sites)."""
-    return _BREAK_AFTER.sub(r"\1<wbr>", html.escape(str(text)))
+def breakable(text: Any, separators: re.Pattern = _BREAK_AFTER) -> str:
+    """``text`` escaped; when it is long, with line-break opportunities after the ``separators``
+    (``. _ / \\ -`` by default: names, paths, hook sites)."""
+    text = str(text)
+    escaped = html.escape(text)
+    return separators.sub(r"\1<wbr>", escaped) if len(text) >= BREAK_LENGTH else escaped
 
 
 def _table_html(table: Table) -> Markup:
     """The table as escaped HTML inside a sideways-scrolling wrapper."""
     frame = table.frame
-    head = "".join(f"<th>{breakable(c)}</th>" for c in frame.columns)
+    head = "".join(f"<th>{breakable(c, _HEADER_BREAK_AFTER)}</th>" for c in frame.columns)
     rows = []
     for values in frame.itertuples(index=False, name=None):
         cells = (format_cell(v) for v in values)

@@ -157,3 +157,18 @@ def test_demo_command_runs_the_zoo_study(trained, tmp_path, monkeypatch):
     assert manifest["study"] == "zoo" and manifest["provenance"]["config"]["zoo"]["train"]["steps"] == 4
     page = (tmp_path / "demo.html").read_text()
     assert "LayerNorm removed by fine-tuning" in page and "normlens analyze zoo · quick mode" in page
+
+
+def test_a_broken_third_party_study_does_not_hide_the_others(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import normlens.study
+
+    real = normlens.study.entry_points
+    broken = EntryPoint(name="broken", value="no_such_package.study:STUDY", group="normlens.studies")
+    monkeypatch.setattr(normlens.study, "entry_points", lambda group: [*real(group=group), broken])
+    rows = dict(normlens.study.list_studies())
+    assert rows["zoo"] == STUDY.description and rows["broken"].startswith("(unusable)")
+    assert normlens.study.find_study("zoo") is STUDY
+    result = runner.invoke(app, ["analyze", "broken"])
+    assert result.exit_code == 2 and "failed to import: ModuleNotFoundError" in result.output
