@@ -16,18 +16,18 @@ import math
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from analyses.common.curvature import HessianSettings, run_hessians
-from analyses.common.inputs import ModelSet
-from analyses.common.landscape import LandscapeSettings, run_landscapes
-from analyses.common.probes import ProbeSettings, run_probes
-from analyses.common.zoo_models import LABELS, LN_REMOVED, ZooSettings, save_zoo_training, train_zoo
+from analyses.common.names import LABELS, LN_REMOVED
 from normlens.io import read_json, write_json
-from normlens.models.config import ZooConfig
 from normlens.report.manifest import SectionRef
 from normlens.study import BaseStudy, StudyConfig, StudyError, StudyRun
-from normlens.train import TrainConfig
+
+if TYPE_CHECKING:  # the analyses import TransformerLens (seconds): only when the study runs
+    from analyses.common.curvature import HessianSettings
+    from analyses.common.landscape import LandscapeSettings
+    from analyses.common.probes import ProbeSettings
+    from analyses.common.zoo_models import ZooSettings
 
 ANALYSES = ("probes", "hessian", "landscape")
 PARITY_NATS = 0.05  # |DyT - LayerNorm| final validation loss counted as parity
@@ -44,21 +44,37 @@ class ZooModeSettings:
     landscape: LandscapeSettings
 
 
-QUICK = ZooModeSettings(ZooSettings(), ProbeSettings(), HessianSettings(), LandscapeSettings())
-FULL = ZooModeSettings(  # meant for a GPU: 12 layers, width 256, context 512
-    ZooSettings(model=ZooConfig(n_layers=12, d_model=256, n_heads=8, n_ctx=512),
-                train=TrainConfig(steps=2000, eval_every=100), eval_seqs=32),
-    ProbeSettings(n_seq=16, s_curve_samples=1024, probe_bytes=16 << 20, threads=None),
-    HessianSettings(n_seq=8, n_ctx=128, top_k=5, top_steps=40, density_probes=4, density_steps=60, block_steps=20,
-                    threads=None),
-    LandscapeSettings(resolution=41, n_seq=16),
-)
-MODES = {"quick": QUICK, "full": FULL}
+def default_modes() -> dict[str, ZooModeSettings]:
+    """quick: the demo's zoo (2 layers, width 64, context 64, 300 steps), minutes on 2 CPU cores;
+    full: 12 layers, width 256, context 512, 2000 steps, larger analyses, meant for a GPU."""
+    from analyses.common.curvature import HessianSettings
+    from analyses.common.landscape import LandscapeSettings
+    from analyses.common.probes import ProbeSettings
+    from analyses.common.zoo_models import ZooSettings
+    from normlens.models.config import ZooConfig
+    from normlens.train import TrainConfig
+
+    quick = ZooModeSettings(ZooSettings(), ProbeSettings(), HessianSettings(), LandscapeSettings())
+    full = ZooModeSettings(
+        ZooSettings(model=ZooConfig(n_layers=12, d_model=256, n_heads=8, n_ctx=512),
+                    train=TrainConfig(steps=2000, eval_every=100), eval_seqs=32),
+        ProbeSettings(n_seq=16, s_curve_samples=1024, probe_bytes=16 << 20, threads=None),
+        HessianSettings(n_seq=8, n_ctx=128, top_k=5, top_steps=40, density_probes=4, density_steps=60,
+                        block_steps=20, threads=None),
+        LandscapeSettings(resolution=41, n_seq=16),
+    )
+    return {"quick": quick, "full": full}
 
 
-def mode_settings(config: StudyConfig, modes: Mapping[str, ZooModeSettings] = MODES) -> ZooModeSettings:
+def __getattr__(name: str) -> Any:  # QUICK and FULL are built on first use (PEP 562)
+    if name in ("QUICK", "FULL"):
+        return default_modes()[name.lower()]
+    raise AttributeError(f"module 'analyses.zoo' has no attribute {name!r}")
+
+
+def mode_settings(config: StudyConfig, modes: Mapping[str, ZooModeSettings] | None = None) -> ZooModeSettings:
     """The settings of ``config.mode`` with the options applied (``steps``: training steps per model)."""
-    settings = modes[config.mode]
+    settings = (modes or default_modes())[config.mode]
     unknown = set(config.options) - {"steps", "analyses"}
     if unknown:
         raise StudyError(f"the zoo study has no option {', '.join(sorted(unknown))}; it takes steps, analyses")
@@ -89,10 +105,13 @@ class ZooStudy(BaseStudy):
     title = "normlens zoo: five normalizations side by side"
     renderers: Mapping[str, Any] = {}
 
-    def __init__(self, modes: Mapping[str, ZooModeSettings] = MODES):
-        self.modes = dict(modes)
+    def __init__(self, modes: Mapping[str, ZooModeSettings] | None = None):
+        self.modes = dict(modes) if modes is not None else None  # None: default_modes(), built when run
 
     def run(self, config: StudyConfig, results: Path, log: Callable[[str], None]) -> StudyRun:
+        from analyses.common import curvature, landscape, probes
+        from analyses.common.inputs import ModelSet
+        from analyses.common.zoo_models import save_zoo_training, train_zoo
         from normlens.data.corpus import eval_windows, load_embedded
 
         settings = mode_settings(config, self.modes)
@@ -111,9 +130,9 @@ class ZooStudy(BaseStudy):
                           eval_tokens=eval_windows(splits, n_seq=settings.zoo.eval_seqs,
                                                    n_ctx=settings.zoo.model.n_ctx, seed=config.seed))
         computes = {
-            "probes": lambda: run_probes(models, results, "probes", settings.probes),
-            "hessian": lambda: run_hessians(models, results, "hessian", settings.hessian),
-            "landscape": lambda: run_landscapes(models, results, "landscape", settings.landscape),
+            "probes": lambda: probes.run_probes(models, results, "probes", settings.probes),
+            "hessian": lambda: curvature.run_hessians(models, results, "hessian", settings.hessian),
+            "landscape": lambda: landscape.run_landscapes(models, results, "landscape", settings.landscape),
         }
         sections = [SectionRef("training", "training")]
         sections += [_run_analysis(name, computes[name], log, wall) for name in ANALYSES if name in chosen]
@@ -157,4 +176,5 @@ def zoo_verdict(results: Path) -> str:
 
 STUDY = ZooStudy()
 
-__all__ = ["ANALYSES", "FULL", "LN_REMOVED", "QUICK", "STUDY", "ZooStudy", "mode_settings", "zoo_verdict"]
+__all__ = ["ANALYSES", "LN_REMOVED", "STUDY", "ZooModeSettings", "ZooStudy", "default_modes", "mode_settings",
+           "zoo_verdict"]

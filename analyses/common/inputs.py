@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from transformer_lens.model_bridge import TransformerBridge
+if TYPE_CHECKING:  # types only: importing TransformerLens takes seconds
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from analyses.common.names import LABELS, LN_REMOVED, ZOO_NORMS
 from normlens.data.corpus import TokenSplits
 from normlens.io import as_json_value, read_json, write_json
 from normlens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -26,15 +27,6 @@ from normlens.models.zoo import build_model, count_parameters, get_config, norm_
 from normlens.report.sections.training import save_training
 from normlens.train import TrainConfig, TrainResult, saved_state_mismatch, train
 
-ZOO_NORMS = ("ln", "rms", "dyt", "none")
-LN_REMOVED = "ln→lnfree"
-LABELS = {
-    "ln": "LayerNorm (Pre-LN)",
-    "rms": "RMSNorm",
-    "dyt": "DyT",
-    "none": "no normalization",
-    LN_REMOVED: "LayerNorm removed by fine-tuning",
-}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from analyses.common.curvature import HessianSettings
 from analyses.common.landscape import LandscapeSettings
 from analyses.common.probes import ProbeSettings
-from analyses.common.zoo_models import LABELS, ZooSettings
+from analyses.common.names import LABELS
+from analyses.common.zoo_models import ZooSettings
 from analyses.zoo import STUDY, ZooModeSettings, ZooStudy, zoo_verdict
 from normlens.cli import app
 from normlens.models import ZooConfig
@@ -78,13 +79,13 @@ def test_output_that_is_a_folder_is_refused_before_any_work(tmp_path, monkeypatc
 
 
 def test_zoo_report_names_models_in_words_shows_failures_and_rerenders_identically(trained, tmp_path, monkeypatch):
-    import analyses.zoo as zoo
+    import analyses.common.probes
 
     with_models(trained, tmp_path / "zoo_data")
     def broken(*args, **kwargs):
         raise RuntimeError("boom <b>")
 
-    monkeypatch.setattr(zoo, "run_probes", broken)
+    monkeypatch.setattr(analyses.common.probes, "run_probes", broken)
     config = StudyConfig(options={"analyses": ["probes", "hessian"]})
     path = run_study(tiny_study(), config, tmp_path / "zoo.html", log=quiet)
     page = path.read_text()
