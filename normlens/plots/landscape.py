@@ -75,7 +75,7 @@ def plot_landscape_1d(result: LandscapeResult, ax: Optional[Axes] = None, *, axi
     ax.set_ylabel("loss (log scale)" if log else "loss")
     if caption:
         ax.set_title(_caption(result), fontsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     ax.legend(fontsize=8)
     return ax
 
