@@ -110,6 +110,10 @@ def render_landscape(folder: Path, options: Mapping[str, Any]) -> ReportSection:
             "non-finite cells": n_bad, "cells": int(result.loss.size)}
     tables = [Table("Surface", pd.DataFrame({"quantity": list(rows), "value": list(rows.values())}))]
     notes = [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else []
+    if result.info.get("excluded"):
+        notes.append(f"Parameters held fixed: {result.info['excluded']}.")
+    if result.info.get("interpolated_buffers"):
+        notes.append(f"Buffers interpolated with the weights: {', '.join(result.info['interpolated_buffers'])}.")
     if metrics is not None:
         tables.append(Table("Sharpness: largest loss increase within radius r of the model", pd.DataFrame(
             [{"radius r": m.radius, "increase": m.increase, "relative to 1 + f(0)": m.relative,

@@ -120,7 +120,8 @@ def render_probes(folder: Path, options: Mapping[str, Any]) -> ReportSection:
         listed = ", ".join(names)
         figures = [
             per_model(plot_entropy_heatmap, "entropy",
-                      "Mean normalized attention entropy per layer and head (> 0.75: entropic overload).",
+                      "Mean attention entropy per layer and head relative to its maximum (≥ 0.75: entropic "
+                      "overload, as ReLU's Revival defines it).",
                       f"Heatmaps of normalized attention entropy, layer by head, one panel per model: {listed}."),
             one_axis(lambda ax: plot_residual_growth({short[n]: r.growth for n, r in results.items()}, ax=ax), (5.5, 3.4),
                      "Residual-stream RMS vs depth, all models.",
