@@ -62,29 +62,21 @@ def test_depth_axes_have_integer_ticks_and_the_kurtosis_plot_labels_values_betwe
     plt.close(fig)
 
 
-def _entropy_result(n_layers: int = 2, n_heads: int = 4):
-    import numpy as np
+@pytest.fixture(scope="module")
+def suite():
+    """Probe results of a tiny 2-layer model (through the public entry point, whatever fields they hold)."""
+    import torch
 
-    from normlens.probes.attention import AttentionEntropyResult
+    import normlens
+    from normlens.probes.suite import run_probe_suite
 
-    shape = (n_layers, n_heads, 8)
-    counts = np.ones(shape)
-    return AttentionEntropyResult(tuple(range(n_layers)), counts * 1.5, counts * 0.8, counts, counts,
-                                  np.zeros(shape))
-
-
-def _s_curve_result():
-    import numpy as np
-
-    from normlens.probes.norm_probes import SCurveResult
-
-    x = np.linspace(-3, 3, 50)
-    slots = ("blocks.0.ln1", "blocks.0.ln2", "ln_final")
-    return SCurveResult(slots, {s: x for s in slots}, {s: np.tanh(x) for s in slots})
+    model = normlens.build_model(norm="ln", n_layers=2, d_model=16, n_heads=4, n_ctx=16).eval()
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    return run_probe_suite(model, tokens, s_curve_samples=64, probe_bytes=1 << 16)
 
 
 @pytest.mark.parametrize("kind", ["entropy", "s_curve"])
-def test_side_by_side_panels_and_their_colour_bars_do_not_overlap(kind):
+def test_side_by_side_panels_and_their_colour_bars_do_not_overlap(kind, suite):
     """The entropy heatmaps' "layer" label used to run into the previous panel's colour bar, and the
     S-curve panels' labels into their neighbours."""
     from normlens.plots.probes import plot_entropy_heatmap, plot_s_curve
@@ -95,9 +87,9 @@ def test_side_by_side_panels_and_their_colour_bars_do_not_overlap(kind):
         fig, axes = panel_grid(len(names))
         for ax, name in zip(axes, names):
             if kind == "entropy":
-                plot_entropy_heatmap(_entropy_result(), ax=ax, title=name)
+                plot_entropy_heatmap(suite.entropy, ax=ax, title=name)
             else:
-                plot_s_curve(_s_curve_result(), ax=ax, title=name)
+                plot_s_curve(suite.s_curve, ax=ax, title=name)
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
     overlaps = []
