@@ -1,5 +1,4 @@
 """The CLI's verbs and errors, the HTML report, and a miniature demo."""
-import dataclasses
 import re
 
 import pandas as pd
@@ -15,7 +14,7 @@ runner = CliRunner()
 def test_help_lists_verbs():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for verb in ("train", "demo", "remove-ln", "probe", "hessian", "landscape"):
+    for verb in ("train", "demo", "analyze", "report", "remove-ln", "probe", "hessian", "landscape"):
         assert re.search(rf"^\W*{re.escape(verb)}\s", result.output, re.M), verb  # a command row
 
 
@@ -52,44 +51,3 @@ def test_report_is_self_contained_and_escaped():
     assert "<script>x" not in page and "&lt;script&gt;" in page
     assert "1.235" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
-
-
-def test_miniature_demo_writes_report_with_all_models(tmp_path):
-    from normlens.demo import LN_REMOVED, DemoConfig, run_demo
-    from normlens.models import ZooConfig
-    from normlens.models.ln_removal import LNRemovalConfig
-    from normlens.train import TrainConfig
-
-    config = DemoConfig(model=ZooConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=16),
-                        train=TrainConfig(steps=6, eval_every=3),
-                        removal=LNRemovalConfig(warmup_steps=1, steps_per_removal=1, final_steps=1),
-                        eval_seqs=4, out=tmp_path / "demo.html")
-
-    def failing_section(study):
-        raise RuntimeError("boom")
-
-    def model_names_section(study):
-        return ReportSection(title="Models seen", notes=sorted(study.models))
-
-    path = run_demo(config, sections={"names": model_names_section, "broken": failing_section},
-                    log=lambda _: None)
-    page = path.read_text()
-    for name in ("ln", "rms", "dyt", "none", LN_REMOVED):
-        assert f"<li>{name}</li>" in page
-    assert "broken (failed)" in page and "boom" in page  # a failed analysis is shown, the rest kept
-    assert (tmp_path / "demo_data" / "training.json").is_file()
-    models = tmp_path / "demo_data" / "models"
-
-    def mtimes():
-        return {name: (models / name / "model" / "model.safetensors").stat().st_mtime_ns
-                for name in ("ln", "ln-removed")}
-
-    # a second run reuses the trained and the LN-removed models instead of training again
-    first = mtimes()
-    run_demo(dataclasses.replace(config), sections={}, log=lambda _: None)
-    assert mtimes() == first
-    # a retrained "ln" model (another training seed) is not paired with the old LN removal
-    run_demo(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=1)), sections={},
-             log=lambda _: None)
-    again = mtimes()
-    assert again["ln"] != first["ln"] and again["ln-removed"] != first["ln-removed"]

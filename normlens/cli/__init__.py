@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Each verb lives in its own module with a register(app) function.
-VERB_MODULES = ("train", "sweep", "demo", "probe", "hessian", "landscape")
+VERB_MODULES = ("train", "sweep", "demo", "analyze", "report", "probe", "hessian", "landscape")
 
 
 def _register_verbs() -> None:

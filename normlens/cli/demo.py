@@ -1,4 +1,4 @@
-"""`normlens demo`."""
+"""`normlens demo`: the zoo study (``normlens analyze zoo``) with the report at reports/demo.html."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,17 +18,15 @@ def demo_command(
     seed: int = typer.Option(0),
     fresh: bool = typer.Option(False, help="retrain even if trained models are saved"),
 ) -> None:
-    """Train the zoo (ln, rms, dyt, none, ln→lnfree) on the embedded corpus and write a report."""
+    """Train the zoo (LayerNorm, RMSNorm, DyT, no norm, LN removed) on the embedded corpus and write a report."""
 
-    def job() -> None:
-        import dataclasses
+    def job() -> Path:
+        from normlens.study import StudyConfig, find_study, run_study
 
-        from normlens.demo import DemoConfig, run_demo
-
-        base = DemoConfig()
-        config = dataclasses.replace(base, out=out, seed=seed, fresh=fresh,
-                                     train=dataclasses.replace(base.train, steps=steps, seed=seed),
-                                     removal=dataclasses.replace(base.removal, seed=seed))
-        run_demo(config)
+        if steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        command = f"normlens demo --out {out} --steps {steps} --seed {seed}" + (" --fresh" if fresh else "")
+        return run_study(find_study("zoo"), StudyConfig(mode="quick", seed=seed, fresh=fresh,
+                                                        options={"steps": steps}), out, command=command)
 
     run_or_exit(job)

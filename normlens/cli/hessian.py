@@ -1,8 +1,8 @@
 """`normlens hessian SPEC`: Hessian spectra of a checkpoint or a Hugging Face model.
 
 Writes to the output folder: eigen.npz (top-k eigenpairs with residuals),
-trace.npz, density.npz, blocks.npz, weight_spectra.npz, summary.json and PNG
-plots; returns the report section (the HTML is rendered by the report module).
+trace.npz, density.npz, blocks.npz, weight_spectra.npz, summary.json, manifest.json,
+then report.html and PNG plots rendered from those files (``normlens report OUT`` redraws them).
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from normlens.curvature.operators import METHODS, HessianOperator
 from normlens.curvature.trace import estimate_trace
 from normlens.curvature.weight_spectra import compute_weight_spectra
 from normlens.io import write_json
-from normlens.report import write_report
-from normlens.report.section import ReportSection, Table
+from normlens.report.section import ReportSection
 
 
 def run_hessian(
@@ -43,9 +42,10 @@ def run_hessian(
     seed: int = 0,
     progress: bool = False,
 ) -> ReportSection:
-    """Run every Hessian analysis on ``model`` over ``tokens``; save data, PNGs and ``report.html`` to ``out_dir``."""
-    from normlens.curvature.section import render_figure  # imports the zoo study: only when run
-    from normlens.plots.curvature import plot_block_heatmap, plot_densities, plot_eigenvalues
+    """Run every Hessian analysis on ``model`` over ``tokens``; save the data, then ``report.html`` and PNGs
+    rendered from it, to ``out_dir``; return the report section."""
+    from normlens.report.build import publish_results
+    from normlens.report.manifest import SectionRef, collect_provenance
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,38 +73,28 @@ def run_hessian(
     trace.save(out_dir / "trace.npz")
     density.save(out_dir / "density.npz")
     weights.save(out_dir / "weight_spectra.npz")
+    if block is not None:
+        block.save(out_dir / "blocks.npz")
+    else:
+        (out_dir / "blocks.npz").unlink(missing_ok=True)  # not this run's: it would be drawn
+    seconds = time.perf_counter() - start
     summary = {
-        "model": name, "n_params": op.shape[0], "params": params, "method": op.method,
+        "model": name, "n_params": op.shape[0], "params": params, "method": op.method, "k": k, "which": which,
         "tokens": list(tokens.shape), "loss": op.loss(),
         "eigenvalues": eigen.eigenvalues.tolist(), "residuals": eigen.residuals.tolist(),
         "converged": bool(eigen.all_converged), "lanczos_steps": eigen.n_steps,
         "trace": trace.estimate, "trace_std_error": trace.std_error,
-        "re": density.re, "Kh": density.kh, "seconds": time.perf_counter() - start,
+        "re": density.re, "Kh": density.kh, "seconds": seconds,
     }
-    figures = [
-        render_figure(plot_eigenvalues, {name: eigen}, f"Top {k} Hessian eigenvalues ({which}).", (6, 3.5),
-                      out_dir / "eigenvalues.png"),
-        render_figure(plot_densities, {name: density}, "Hessian spectral density (SLQ).", (6, 3.5),
-                      out_dir / "density.png"),
-    ]
-    if block is not None:
-        block.save(out_dir / "blocks.npz")
-        figures.append(render_figure(plot_block_heatmap, [block], "Top eigenvalue per block.", (8, 2.5),
-                                     out_dir / "blocks.png"))
     write_json(out_dir / "summary.json", summary)
-    notes = [] if eigen.all_converged else [
-        f"{int((~eigen.converged).sum())} eigenpairs did not converge; see the residuals."
-    ]
-    section = ReportSection(
-        f"Hessian spectra: {name}",
-        f"Top eigenvalue {eigen.eigenvalues[0]:.4g}, trace {trace.estimate:.4g} ± {trace.std_error:.2g}, "
-        f"re={density.re:.3g}, Kh={density.kh:.3g} over {op.shape[0]} parameters.",
-        figures,
-        [Table("Eigenpairs", eigen.to_frame()), Table("Weight spectra", weights.to_frame())],
-        notes,
-    )
-    write_report(out_dir / "report.html", [section], title=f"normlens hessian: {name}")
-    return section
+    config = {"model": name, "k": k, "which": which, "params": params, "method": method,
+              "trace_matvecs": trace_matvecs, "density_probes": density_probes, "density_steps": density_steps,
+              "blocks": blocks, "tokens": list(tokens.shape)}
+    provenance = collect_provenance(device=str(tokens.device), seeds={"seed": seed},
+                                    wall_seconds={"total": seconds}, config=config)
+    _, sections = publish_results(out_dir, kind="hessian", title=f"normlens hessian: {name}",
+                                  sections=[SectionRef("hessian_model")], provenance=provenance, pngs=True)
+    return sections[0]
 
 
 def register(app) -> None:

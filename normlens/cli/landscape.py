@@ -8,11 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import pandas as pd
 import typer
 from tqdm.auto import tqdm
-
-from normlens.report import Figure, ReportSection, Table, write_report
 
 AXES = ("random", "hessian", "pca", "interpolate")
 
@@ -65,19 +62,22 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
     """Compute, save and plot a landscape of ``model`` over ``tokens``; returns ``out``.
 
     Writes ``landscape.npz`` (the surface), ``metrics.json``, ``directions.safetensors``,
-    PNG plots and ``report.html`` under ``out``; ``grid_file`` (default ``out/grid.npz``)
-    makes the run resumable.
+    ``manifest.json``, then ``report.html`` and PNG plots rendered from those files under ``out``;
+    ``grid_file`` (default ``out/grid.npz``) makes the run resumable.
     """
-    import matplotlib.pyplot as plt
+    import time
 
+    from normlens.io import write_json
     from normlens.landscape import axis_coordinates, compute_landscape, compute_metrics
     from normlens.landscape.distributed import world
     from normlens.landscape.params import parameters_of
     from normlens.parameters import check_finite
-    from normlens.plots.landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_3d
+    from normlens.report.build import publish_results
+    from normlens.report.manifest import SectionRef, collect_provenance
 
     if value_range is None and not span > 0:
         raise ValueError(f"--span must be positive, got {span}")
+    start = time.perf_counter()
     # the checks compute_landscape makes, before the directions (a Hessian's Lanczos) are built
     check_finite(parameters_of(model))
     if other is not None:
@@ -113,58 +113,22 @@ def run_landscape(model, tokens, out: Path, *, axes: str = "random", dims: int =
         return out
     result.save(out / "landscape.npz")
     directions.save(out / "directions.safetensors")
-    metrics = None
+    (out / "metrics.json").unlink(missing_ok=True)  # an earlier run's metrics would be drawn with this surface
     if min(len(c) for c in result.coords) >= 3:
         reach = min(max(abs(lo), abs(hi)) for lo, hi in result.ranges)
         metrics = compute_metrics(result, radii=(reach / 2, reach), n_side=1,
                                   model=model, directions=directions, eval_items=tokens)
         metrics.save(out / "metrics.json")
-    plots = ((("landscape_1d", plot_landscape_1d),) if result.ndim == 1 else
-             (("landscape_2d", plot_landscape_2d), ("landscape_3d", plot_landscape_3d)))
-    figures = []
-    for name, draw in plots:
-        ax = draw(result, log=log_scale)
-        ax.figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-        figures.append(Figure.from_matplotlib(ax.figure, f"{name.replace('_', ' ')}: {model_name or 'model'}"))
-    plt.close("all")
-    write_report(out / "report.html", [_section(result, figures, model_name, metrics)],
-                 title=f"normlens landscape: {model_name or 'model'}")
+    write_json(out / "section.json", {"model_name": model_name, "log_scale": log_scale})
+    config = {"model": model_name, "axes": axes, "dims": dims, "span": span,
+              "range": list(value_range) if value_range is not None else None, "resolution": resolution,
+              "normalization": normalization, "one_d": one_d, "eval": eval_name, "accuracy": accuracy,
+              "log_scale": log_scale, "directions_file": str(directions_file) if directions_file else None}
+    provenance = collect_provenance(device=str(tokens.device), seeds={"seed": seed},
+                                    wall_seconds={"total": time.perf_counter() - start}, config=config)
+    publish_results(out, kind="landscape", title=f"normlens landscape: {model_name or 'model'}",
+                    sections=[SectionRef("landscape")], provenance=provenance, pngs=True)
     return out
-
-
-def _section(result, figures, model_name: str, metrics=None) -> ReportSection:
-    """One landscape as a report section: plots, surface numbers, sharpness and curvature."""
-    import numpy as np
-
-    from normlens.landscape.metrics import CURVATURE_NOTE
-
-    finite = np.isfinite(result.loss)
-    n_bad = result.n_nonfinite
-    rows = {"centre loss f(0)": result.center_loss, "min loss": float(np.nanmin(np.where(finite, result.loss, np.nan)))
-            if finite.any() else float("nan"), "non-finite cells": n_bad,
-            "cells": int(result.loss.size)}
-    tables = [Table("Surface", pd.DataFrame({"quantity": list(rows), "value": list(rows.values())}))]
-    notes = [f"{n_bad} cells are NaN/inf (diverged); they are masked in the plots."] if n_bad else []
-    if result.info.get("excluded"):
-        notes.append(f"Parameters held fixed: {result.info['excluded']}.")
-    if result.info.get("interpolated_buffers"):
-        notes.append(f"Buffers interpolated with the weights: {', '.join(result.info['interpolated_buffers'])}.")
-    if metrics is not None:
-        tables.append(Table("Sharpness: largest loss increase within radius r of the model", pd.DataFrame(
-            [{"radius r": m.radius, "increase": m.increase, "relative to 1 + f(0)": m.relative,
-              "at": ", ".join(f"{v:g}" for v in m.at), "cells inside": m.n_cells} for m in metrics.sharpness])))
-        tables.append(Table("Curvature along each axis (Rayleigh quotients, per unit ‖d‖²)", pd.DataFrame(
-            [{"axis": f"d{c.axis + 1}", "fit f''(0)": c.fit_second_derivative, "fit f''(0)/‖d‖²": c.fit_rayleigh,
-              "Hessian dᵀHd/dᵀd": c.hessian_rayleigh, "relative difference": c.relative_error,
-              "fit points": c.n_fit_points} for c in metrics.curvature])))
-        notes.append(CURVATURE_NOTE)
-    return ReportSection(
-        f"Loss landscape: {model_name or 'model'}",
-        f"{result.kind} axes, normalization {result.normalization}, 1-D parameters {result.one_d}; "
-        f"evaluation set {result.eval_name or 'given tokens'}; points evaluated by the "
-        f"{result.info.get('forward_path', 'vmap')} forward.",
-        figures, tables, notes,
-    )
 
 
 def register(app: typer.Typer) -> None:

@@ -7,19 +7,26 @@ import typer
 
 
 def probe_model(model, tokens, out: Path, seed: int = 0, name: str = "model") -> Path:
-    """Run the probe suite on ``model``; write its data (Parquet/NPZ/JSON) and ``report.html`` under ``out``."""
+    """Run the probe suite on ``model``; write its data (Parquet/NPZ/JSON), ``manifest.json`` and
+    ``report.html`` (rendered from the saved data) under ``out``; return the report's path."""
     import time
 
-    from normlens.probes.section import probes_section
     from normlens.probes.suite import run_probe_suite
-    from normlens.report import write_report
+    from normlens.report.build import publish_results
+    from normlens.report.manifest import SectionRef, collect_provenance
+    from normlens.report.sections.probes import save_probes
 
     start = time.perf_counter()
     result = run_probe_suite(model, tokens, seed=seed, progress=True)
-    result.save(out)
-    section = probes_section({name: result}, None, seconds=time.perf_counter() - start,
-                             tokens_shape=tuple(tokens.shape))
-    return write_report(out / "report.html", [section], title=f"normlens probes: {name}")
+    seconds = time.perf_counter() - start
+    save_probes(out, {name: result}, [{"name": name, "label": name, "dir": ".", "status": "ok"}],
+                seconds=seconds, tokens_shape=tuple(tokens.shape))
+    device = next((str(p.device) for p in model.parameters()), "cpu")
+    provenance = collect_provenance(device=device, seeds={"seed": seed}, wall_seconds={"total": seconds},
+                                    config={"model": name, "tokens": list(tokens.shape)})
+    report, _ = publish_results(out, kind="probe", title=f"normlens probes: {name}",
+                                sections=[SectionRef("probes")], provenance=provenance)
+    return report
 
 
 def register(app: typer.Typer) -> None:

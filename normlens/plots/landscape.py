@@ -6,6 +6,7 @@ what 1-D parameters got) on the axes, and counts and shows NaN/inf cells
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Optional, Sequence
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from normlens.landscape.results import LandscapeResult  # noqa: E402
 
@@ -72,8 +74,9 @@ def plot_landscape_1d(result: LandscapeResult, ax: Optional[Axes] = None, *, axi
     ax.set_xlabel(f"coefficient along d{axis + 1}")
     ax.set_ylabel("loss (log scale)" if log else "loss")
     if caption:
-        ax.set_title(_caption(result), fontsize=7)
-    ax.legend(fontsize=7)
+        ax.set_title(_caption(result), fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    ax.legend(fontsize=8)
     return ax
 
 
@@ -111,9 +114,11 @@ def plot_landscape_2d(result: LandscapeResult, ax: Optional[Axes] = None, *, log
         ax.figure.colorbar(mesh, ax=ax, label="loss (log scale)" if log else "loss")
     ax.set_xlabel("coefficient along d1")
     ax.set_ylabel("coefficient along d2")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))  # ticks that do not collide on a small panel
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
     if caption:
         title = result.model_name + "\n" if result.model_name else ""
-        ax.set_title(title + _caption(result), fontsize=7)
+        ax.set_title(title + _caption(result), fontsize=8)
     return ax
 
 
@@ -133,12 +138,16 @@ def plot_landscape_3d(result: LandscapeResult, ax: Optional[Axes] = None, *, log
     z = np.where(ok, np.log10(np.where(ok, z, 1.0)) if log else z, np.nan)
     finite = z[np.isfinite(z)]
     norm = colors.Normalize(finite.min(), finite.max()) if finite.size else None
-    ax.plot_surface(a, b, z, cmap=cmap, norm=norm, linewidth=0, antialiased=True)
+    # one polygon per grid cell, edges not antialiased: smoothing the facets' edges drew light seams
+    # and patches where neighbouring facets overlap in the painter's-algorithm depth order
+    ax.plot_surface(a, b, z, cmap=cmap, norm=norm, rstride=1, cstride=1, linewidth=0, antialiased=False)
     ax.set_xlabel("d1")
     ax.set_ylabel("d2")
     ax.set_zlabel("log10 loss" if log else "loss")
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
     if caption:
-        ax.set_title((result.model_name + "\n" if result.model_name else "") + _caption(result), fontsize=7)
+        ax.set_title((result.model_name + "\n" if result.model_name else "") + _caption(result), fontsize=8)
     return ax
 
 
@@ -152,7 +161,8 @@ def plot_landscapes(results: Mapping[str, Optional[LandscapeResult]], axes: Opti
         raise ValueError("no results to plot")
     names = list(results)
     if axes is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names) + 0.8, 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names) + 0.8, 3.4), squeeze=False,
+                                 layout="constrained")
         axes = list(axes[0])
     if len(axes) != len(names):
         raise ValueError(f"got {len(axes)} axes for {len(names)} results")
@@ -176,5 +186,6 @@ def plot_landscapes(results: Mapping[str, Optional[LandscapeResult]], axes: Opti
         mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
         axes[0].figure.colorbar(mappable, ax=list(axes), label="loss (log scale)" if log else "loss",
                                 fraction=0.025, pad=0.02)
-        axes[0].figure.suptitle(present[0].describe() + " (shared colour scale)", fontsize=8, y=1.02)
+        title = present[0].describe() + " (shared colour scale)"
+        axes[0].figure.suptitle("\n".join(textwrap.wrap(title, 120)), fontsize=9)
     return list(axes)

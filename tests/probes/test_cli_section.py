@@ -4,8 +4,6 @@ from typer.testing import CliRunner
 
 import normlens
 from normlens.cli.probe import probe_model, register
-from normlens.probes.section import build_section
-from normlens.study import ZooStudy
 
 
 def test_probe_model_writes_data_and_an_offline_report(tmp_path):
@@ -27,16 +25,3 @@ def test_cli_bad_spec_exits_2(tmp_path):
     app.command("noop")(lambda: None)  # typer needs two commands to keep the verb name
     result = CliRunner().invoke(app, ["probe", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-
-
-def test_section_shows_diverged(tmp_path):
-    models = {"ln": normlens.build_model(norm="ln", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval(),
-              "none": normlens.build_model(norm="none", n_layers=1, d_model=16, n_heads=2, n_ctx=16).eval()}
-    with torch.no_grad():
-        for p in models["none"].parameters():
-            p.fill_(float("nan"))
-    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
-    section = build_section(ZooStudy(models, tokens, tmp_path, diverged={"none"}))
-    assert any("none" in note and "diverged" in note for note in section.notes)
-    assert len(section.figures) == 6
-    assert (tmp_path / "probes" / "summary.parquet").exists()
