@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -21,7 +22,7 @@ def train_command(
     d_model: int = typer.Option(64, "--d-model"),
     n_heads: int = typer.Option(4, "--heads"),
     n_ctx: int = typer.Option(64, "--n-ctx", help="context length"),
-    dyt_alpha0: float = typer.Option(0.5, "--dyt-alpha0", help="DyT's initial alpha"),
+    dyt_alpha0: Optional[float] = typer.Option(None, "--dyt-alpha0", help="DyT's initial alpha in every slot (default: per slot kind, see ZooConfig)"),
     steps: int = typer.Option(300),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(3e-3),

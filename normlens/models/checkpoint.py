@@ -82,7 +82,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(config_path)!r} is not a normlens checkpoint config "
                               f"(expected \"format\": \"{FORMAT}\")")
-    if meta.get("version", 0) > FORMAT_VERSION:
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{str(config_path)!r} has \"version\": {version!r}, expected an integer "
+                              f"such as {FORMAT_VERSION}; re-save the checkpoint with `normlens train`")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format version {meta['version']} is newer than this "
                               f"normlens understands ({FORMAT_VERSION}); upgrade normlens")
     return meta
@@ -96,7 +100,8 @@ def load_checkpoint(path: str | Path) -> TransformerBridge:
     try:
         config = ZooConfig.from_dict(meta["config"])
     except (ConfigError, TypeError, KeyError) as error:
-        raise CheckpointError(f"checkpoint config in {str(folder)!r} is not usable: {error}") from None
+        what = f"has no {error}" if isinstance(error, KeyError) else f"is not usable: {error}"
+        raise CheckpointError(f"the checkpoint config {str(folder / CONFIG_FILE)!r} {what}") from None
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS_FILE}; the checkpoint is "
