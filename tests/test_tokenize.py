@@ -11,8 +11,7 @@ from normlens.data.tokenize import ByteTokenizer, encode_corpus  # noqa: E402
 from normlens.models import build_model  # noqa: E402
 from normlens.models.loading import load_model  # noqa: E402
 
-SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "def f ( x ) : return x",
-             "the model reads its own tokens .", "import torch as nn"]
+from hf_stand_in import SENTENCES, save_gpt2, word_tokenizer  # noqa: E402, I001
 
 
 @pytest.fixture(autouse=True)
@@ -22,22 +21,11 @@ def _offline_and_private_cache(monkeypatch, tmp_path):
 
 
 def _tokenizer(extra=()):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(SENTENCES + list(extra), trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    return word_tokenizer(extra)
 
 
 def _save_model(folder, tokenizer, vocab_size=None):
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32,
-                                     vocab_size=vocab_size or len(tokenizer), bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return folder
+    return save_gpt2(folder, tokenizer, vocab_size=vocab_size)
 
 
 @pytest.fixture

@@ -92,6 +92,19 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+# Buffers added after format version 1 was fixed, with the buffer an older file holds instead.
+_ADDED_BUFFERS = {"std_value": "std", "live_value": "live"}
+
+
+def _fill_value_path_buffers(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Checkpoints written before LN removal had a value path: the value path is the output path."""
+    for name in expected:
+        prefix, _, leaf = name.rpartition(".")
+        older = _ADDED_BUFFERS.get(leaf)
+        if older is not None and name not in saved and f"{prefix}.{older}" in saved:
+            saved[name] = saved[f"{prefix}.{older}"]
+
+
 def load_checkpoint(path: str | Path) -> TransformerBridge:
     """Rebuild the zoo model saved at ``path`` with its exact weights."""
     folder = Path(path)
@@ -113,6 +126,7 @@ def load_checkpoint(path: str | Path) -> TransformerBridge:
                               f"({error}); re-save the checkpoint with `normlens train`") from None
     model = build_model(config)
     expected = model_tensors(model)
+    _fill_value_path_buffers(saved, expected)
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(

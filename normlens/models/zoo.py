@@ -23,7 +23,7 @@ from transformer_lens.model_bridge.sources.native.model import NativeModel
 
 from normlens.models.checks import check_memory
 from normlens.models.config import ZooConfig
-from normlens.models.norms import build_norm
+from normlens.models.norms import FrozenStdLayerNorm, attach_value_path, build_norm
 from normlens.sites import norm_slots
 
 # TransformerLens's config value per norm kind: tools that branch on it (logit
@@ -177,7 +177,17 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
         model_name=f"normlens-{config.norm}-{config.placement}",
     )
     bridge.normlens_config = config
+    _attach_value_paths(bridge, config)
     return bridge
+
+
+def _attach_value_paths(bridge: TransformerBridge, config: ZooConfig) -> None:
+    """Frozen-std attention-input norms of Pre-LN blocks feed the value projection with their
+    own divisor (see :class:`normlens.models.norms.FrozenStdLayerNorm`)."""
+    for layer in range(config.n_layers):
+        norm = bridge.get_submodule(f"blocks.{layer}.ln1").original_component
+        if isinstance(norm, FrozenStdLayerNorm) and config.block_placement(layer) == "pre":
+            attach_value_path(norm, bridge.get_submodule(f"blocks.{layer}.attn.v"))
 
 
 def get_config(model: nn.Module) -> ZooConfig:
