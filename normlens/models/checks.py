@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from normlens.models.config import ConfigError, ZooConfig
+from normlens.sites import clean_name
 
 
 # Python objects per block besides its tensors (modules, hook points, the bridge's
@@ -102,9 +103,5 @@ def check_finite_weights(model: nn.Module, *, name: str = "the model") -> None:
                     n_bad = int((~finite).sum())
                     raise NonFiniteWeightsError(
                         f"{name} has {n_bad} non-finite value{'s' if n_bad > 1 else ''} (NaN or inf) in "
-                        f"{kind} {_clean(tensor_name)!r} (shape {tuple(tensor.shape)}); it diverged in "
+                        f"{kind} {clean_name(tensor_name)!r} (shape {tuple(tensor.shape)}); it diverged in "
                         "training: use an earlier checkpoint or retrain with a lower learning rate")
-
-
-def _clean(name: str) -> str:
-    return name.replace("._original_component", "").replace("_original_component.", "")

@@ -49,6 +49,9 @@ def load_model(spec: str, *, device: str | torch.device | None = None) -> Transf
     so :func:`normlens.data.model_tokenizer` finds its tokenizer there.
     """
     path = Path(spec)
+    if not path.exists() and spec.startswith(("/", "./", "../", "~")):
+        raise ModelLoadError(f"{spec!r} does not exist; pass a folder written by `normlens train`, a "
+                             "Hugging Face model folder, or a hub name such as gpt2")
     if path.exists() and _is_normlens_checkpoint(path):
         model = load_checkpoint(path)
         return model.to(device) if device is not None else model
