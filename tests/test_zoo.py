@@ -140,10 +140,13 @@ def test_memory_estimate_counts_the_built_model():
 
 
 def test_dyt_alpha0_per_slot_kind():
-    config = ZooConfig(norm="dyt", n_layers=2, dyt_alpha0_attn=2.0, dyt_alpha0_final=4.0)
+    from normlens.models import DEFAULT_DYT_ALPHA0
+
+    config = ZooConfig(norm="dyt", n_layers=2, dyt_alpha0_attn=2.5, dyt_alpha0_final=4.5)
     alphas = {slot: float(m.alpha) for slot, m in norm_modules(build_model(config)).items()}
-    assert alphas == {"blocks.0.ln1": 2.0, "blocks.0.ln2": 0.5, "blocks.1.ln1": 2.0, "blocks.1.ln2": 0.5,
-                      "ln_final": 4.0}
+    mlp = DEFAULT_DYT_ALPHA0["mlp"]  # unset kinds take the documented default
+    assert alphas == pytest.approx({"blocks.0.ln1": 2.5, "blocks.0.ln2": mlp, "blocks.1.ln1": 2.5,
+                                    "blocks.1.ln2": mlp, "ln_final": 4.5})
     # the single-value spelling still sets every slot, and per-kind values override it
     single = ZooConfig(norm="dyt", n_layers=2, dyt_alpha0=0.7, dyt_alpha0_mlp=3.0)
     alphas = {slot: float(m.alpha) for slot, m in norm_modules(build_model(single)).items()}
