@@ -153,7 +153,7 @@ def export_lnfree(model: TransformerBridge, folder: str | Path, *, tokenizer: bo
     missing = [name for name in missing if not name.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
         raise ExportError(f"the GPT-2 layout does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if not getattr(config, "tie_word_embeddings", True) is False:
+    if getattr(config, "tie_word_embeddings", True):
         if not torch.equal(state["lm_head.weight"], state["transformer.wte.weight"]):
             raise ExportError("the model's unembedding differs from its embedding, but its config ties them")
     folder = Path(folder)
