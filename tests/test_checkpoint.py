@@ -61,3 +61,23 @@ def test_missing_path_and_unknown_name(tmp_path):
         load_checkpoint(tmp_path / "nope")
     with pytest.raises(ModelLoadError, match="neither an existing checkpoint"):
         load_model("no-such-model-name")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"version": "1"}, "has \"version\": '1', expected an integer"),
+    ({"config": {"d_mlp": 1.5}}, "d_mlp must be a positive integer"),
+    ({"config": {"eps": -1}}, "eps must be a positive finite number"),
+    ({"config": {"norm_kinds": [["x"]]}}, r"norm_kinds entry \['x'\] is not a \[slot, kind\] pair"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, change, message):
+    save_checkpoint(build_model(**TINY), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    for key, value in change.items():
+        if isinstance(value, dict):
+            meta[key].update(value)
+        else:
+            meta[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_model(str(tmp_path))
+    assert "\n" not in str(error.value) and "config.json" in str(error.value)

@@ -67,3 +67,35 @@ def test_bad_data_names_the_fix(tmp_path, content, message):
 def test_window_longer_than_stream():
     with pytest.raises(DataError, match="smaller n_ctx"):
         token_windows(torch.arange(10), n_seq=1, n_ctx=64)
+
+
+def test_binary_corpus_keeps_its_bytes(tmp_path):
+    """36,864 random bytes (mostly invalid UTF-8) are 36,864 byte tokens, each the byte it was."""
+    import numpy as np
+
+    data = np.random.default_rng(0).integers(0, 256, 18 * 2048, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    splits = load_text_file(path)
+    assert splits.train.numel() + splits.val.numel() == len(data)
+    counts = torch.bincount(torch.cat([splits.train, splits.val]), minlength=256)
+    assert torch.equal(counts, torch.from_numpy(np.bincount(np.frombuffer(data, np.uint8), minlength=256)))
+    assert splits.n_replaced == 0 and splits.tokenizer == "bytes"
+    # every block of the split is a slice of the file at a block boundary
+    blocks = torch.cat([splits.train, splits.val]).view(-1, 2048)
+    original = encode_bytes(data).view(-1, 2048)
+    assert all((original == block).all(-1).any() for block in blocks)
+
+
+def test_decoding_for_text_tokenizers_is_explicit():
+    from normlens.data import decode_text
+
+    latin = "café über naïve".encode("latin-1")
+    assert decode_text(latin, encoding="latin-1") == ("café über naïve", 0)
+    with pytest.warns(UserWarning, match="3 of 15 bytes are not valid utf-8 and were replaced"):
+        text, n_replaced = decode_text(latin, encoding="utf-8", source="t.txt")
+    assert n_replaced == 3 and text.count("\ufffd") == 3
+    with pytest.raises(DataError, match="not valid utf-8: byte 3 cannot be decoded"):
+        decode_text(latin, errors="strict")
+    with pytest.raises(DataError, match="unknown text encoding 'klingon'"):
+        decode_text(latin, encoding="klingon")

@@ -62,3 +62,48 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="could not load Hugging Face model"):
         load_hf_model(str(tmp_path / "absent"))
+
+
+def _break(folder, how):
+    import json
+    import os
+    import pickle
+
+    if how == "truncated safetensors":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif how == "pickle bin":
+        os.remove(folder / "model.safetensors")
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"payload": print}))
+    elif how == "truncated bin":
+        state = transformers.GPT2LMHeadModel.from_pretrained(folder).state_dict()
+        os.remove(folder / "model.safetensors")
+        torch.save(state, folder / "pytorch_model.bin")
+        data = (folder / "pytorch_model.bin").read_bytes()
+        (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    elif how == "no format":
+        config = json.loads((folder / "config.json").read_text())
+        del config["model_type"]
+        (folder / "config.json").write_text(json.dumps(config))
+    elif how == "nan eps":
+        config = json.loads((folder / "config.json").read_text())
+        config["layer_norm_epsilon"] = float("nan")
+        (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated safetensors", r"could not read '.*model\.safetensors' \(SafetensorError\)"),
+    ("pickle bin", r"could not read '.*pytorch_model\.bin' \(UnpicklingError\)"),
+    ("truncated bin", r"could not read '.*pytorch_model\.bin'"),
+    ("no format", r"config\.json' is neither a normlens checkpoint config .* nor a Hugging Face config"),
+    ("nan eps", r"has eps=nan; eps must be a positive finite number"),
+])
+def test_damaged_hf_folders_are_one_line_errors(tmp_path, how, message):
+    from normlens.models.loading import ModelLoadError
+
+    _gpt2().save_pretrained(tmp_path)
+    _break(tmp_path, how)
+    with pytest.raises(ModelLoadError, match=message) as error:
+        load_model(str(tmp_path))
+    text = str(error.value)
+    assert "\n" not in text and "weights_only" not in text

@@ -101,11 +101,48 @@ def test_first_position_stays_live_until_frozen():
     ln = LayerNorm(8).double()
     torch.testing.assert_close(fake(x)[:, 0], ln(x)[:, 0])
     fake.std_first.fill_(4.0)
-    fake.freeze_first_position()
+    fake.freeze_first_position()  # position 0 joins the common divisor, as in the released checkpoints
     centred = x - x.mean(-1, keepdim=True)
+    torch.testing.assert_close(fake(x), centred / 2.0)
+    assert not fake.divides_by_token_std
+    # a model saved when position 0 kept its own divisor still divides it by std_first
+    fake.separate_first_position.fill_(True)
     torch.testing.assert_close(fake(x)[:, 0], centred[:, 0] / 4.0)
     torch.testing.assert_close(fake(x)[:, 1:], centred[:, 1:] / 2.0)
-    assert not fake.divides_by_token_std
+
+
+def test_value_path_divides_by_its_own_std():
+    """Through a value projection the attention-input norm's output is rescaled to the value divisor."""
+    import torch.nn as nn
+
+    from normlens.models.norms import attach_value_path
+
+    torch.manual_seed(0)
+    fake = _randomize(FrozenStdLayerNorm(8, std=2.0, live=True, output_scale=0.5).double()).eval()
+    value = nn.Linear(8, 8).double()
+    attach_value_path(fake, value)
+    x = torch.randn(2, 5, 8, dtype=torch.float64) * 3
+    centred = x - x.mean(-1, keepdim=True)
+    own = (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
+    def reference(divisor):  # the value projection of s * (centred / divisor * g + b)
+        return value(0.5 * (centred / divisor * fake.weight + fake.bias))
+
+    torch.testing.assert_close(value(fake(x)), reference(own))  # both live: no change
+    fake.freeze(keep_first_position_live=True, path="qk")  # queries/keys frozen, values live
+    out = fake(x)
+    torch.testing.assert_close(out[:, 1:], 0.5 * (centred[:, 1:] / 2.0 * fake.weight + fake.bias))
+    torch.testing.assert_close(value(out), reference(own))
+    fake.std_value.fill_(3.0)
+    fake.freeze(keep_first_position_live=True, path="value")
+    expected_divisor = torch.cat([own[:, :1], torch.full_like(own[:, 1:], 3.0)], dim=1)
+    torch.testing.assert_close(value(fake(x)), reference(expected_divisor))
+    fake.freeze_first_position()
+    torch.testing.assert_close(value(fake(x)), reference(torch.full_like(own, 3.0)))
+    # gradients reach the gain through the value path
+    fake.weight.grad = None
+    value(fake(x)).sum().backward()
+    assert fake.weight.grad is not None and torch.isfinite(fake.weight.grad).all()
 
 
 def test_unknown_kind_names_the_choices():

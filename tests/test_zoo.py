@@ -96,10 +96,67 @@ def test_gradients_reach_dyt_alpha_through_the_bridge():
     (dict(placement="sandwich"), "unknown placement"),
     (dict(act_fn="swish"), "unknown activation"),
     (dict(n_layers=0), "n_layers must be a positive integer"),
+    (dict(d_mlp=1.5), "d_mlp must be a positive integer"),
+    (dict(n_layers="2"), "n_layers must be a positive integer, got '2'"),
+    (dict(eps=float("nan")), "eps must be a positive finite number"),
+    (dict(eps=-1.0), "eps must be a positive finite number"),
+    (dict(dyt_alpha0_attn=0.0), "dyt_alpha0_attn must be a positive finite number"),
+    (dict(norm_kinds=(("x",),)), r"norm_kinds entry \['x'\] is not a \[slot, kind\] pair"),
+    (dict(norm_kinds=(("blocks.9.ln1", "ln"),)), "which a 2-layer model does not have"),
 ])
 def test_bad_configs_name_the_fix(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         build_model(**kwargs)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n_layers", 100_000), ("n_layers", 10**9), ("d_model", 2 * 10**9), ("n_ctx", 10**12), ("d_vocab", 10**12),
+])
+def test_absurd_sizes_are_refused_with_an_estimate_before_allocating(field, value, monkeypatch):
+    """The refusal comes from the config alone: building anything would take minutes or crash."""
+    import normlens.models.zoo as zoo
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was allocated before the size check")
+
+    monkeypatch.setattr(zoo, "NativeModel", no_build)
+    kwargs = {"n_layers": 2, "d_model": 1024, "n_heads": 4, field: value}
+    with pytest.raises(ConfigError, match=r"needs about [0-9.e+]+ [KMGTP]B .* but this machine has"):
+        build_model(**kwargs)
+
+
+def test_memory_estimate_counts_the_built_model():
+    from normlens.models import count_parameters
+    from normlens.models.checks import PER_LAYER_OVERHEAD_BYTES, count_config_parameters, estimate_memory_bytes
+
+    for kwargs in (dict(norm="dyt"), dict(norm="dyt", d_mlp=7, n_layers=3, d_vocab=50), dict(norm="ln")):
+        config = ZooConfig(**kwargs)
+        model = build_model(config)
+        built = count_parameters(model)
+        counted = count_config_parameters(config)
+        assert counted == built if config.norm == "dyt" else 0 <= counted - built <= 2 * config.n_layers + 1
+        masks = sum(b.numel() for n, b in model.named_buffers() if "causal_mask" in n)
+        assert estimate_memory_bytes(config) == 4 * counted + masks + config.n_layers * PER_LAYER_OVERHEAD_BYTES
+
+
+def test_dyt_alpha0_per_slot_kind():
+    from normlens.models import DEFAULT_DYT_ALPHA0
+
+    config = ZooConfig(norm="dyt", n_layers=2, dyt_alpha0_attn=2.5, dyt_alpha0_final=4.5)
+    alphas = {slot: float(m.alpha) for slot, m in norm_modules(build_model(config)).items()}
+    mlp = DEFAULT_DYT_ALPHA0["mlp"]  # unset kinds take the documented default
+    assert alphas == pytest.approx({"blocks.0.ln1": 2.5, "blocks.0.ln2": mlp, "blocks.1.ln1": 2.5,
+                                    "blocks.1.ln2": mlp, "ln_final": 4.5})
+    # the single-value spelling still sets every slot, and per-kind values override it
+    single = ZooConfig(norm="dyt", n_layers=2, dyt_alpha0=0.7, dyt_alpha0_mlp=3.0)
+    alphas = {slot: float(m.alpha) for slot, m in norm_modules(build_model(single)).items()}
+    assert alphas == pytest.approx({"blocks.0.ln1": 0.7, "blocks.0.ln2": 3.0, "blocks.1.ln1": 0.7,
+                                    "blocks.1.ln2": 3.0, "ln_final": 0.7})
+    # a config saved before per-kind values existed loads with its one alpha everywhere
+    old = {k: v for k, v in ZooConfig(norm="dyt").to_dict().items() if not k.startswith("dyt_alpha0_")}
+    old["dyt_alpha0"] = 0.9
+    loaded = ZooConfig.from_dict(old)
+    assert {loaded.dyt_alpha0_for(s) for s in ("blocks.0.ln1", "blocks.0.ln2", "ln_final")} == {0.9}
 
 
 def test_config_round_trips_through_dict():
@@ -107,3 +164,5 @@ def test_config_round_trips_through_dict():
     assert ZooConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="unknown ZooConfig fields"):
         ZooConfig.from_dict({"norm": "ln", "widht": 3})
+    with pytest.raises(ConfigError, match=r"norm_kinds entry \['x'\]"):
+        ZooConfig.from_dict({"norm_kinds": [["x"]]})

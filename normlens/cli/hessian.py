@@ -127,12 +127,12 @@ def register(app) -> None:
                 raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
             if k < 1 or n_seq < 1 or n_ctx < 2:
                 raise ValueError(f"--k and --n-seq must be >= 1 and --n-ctx >= 2, got {k}, {n_seq}, {n_ctx}")
-            from normlens.data import eval_windows, load_embedded
+            from normlens.data import corpus_for_model, eval_windows
             from normlens.models.loading import load_model
 
             model = load_model(spec)
             ctx = min(n_ctx, getattr(getattr(model, "cfg", None), "n_ctx", n_ctx))
-            tokens = eval_windows(load_embedded(seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
+            tokens = eval_windows(corpus_for_model(model, seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
             return run_hessian(model, tokens, out, name=spec, k=k, which=which, params=params,
                                method=method, trace_matvecs=trace_matvecs,
                                density_probes=density_probes, density_steps=density_steps,

@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         from normlens.cli.common import run_or_exit
 
         def job() -> Path:
-            from normlens.data import eval_windows, load_corpus
+            from normlens.data import corpus_for_model, eval_windows
             from normlens.landscape.distributed import init_from_env
             from normlens.models.loading import load_model
 
@@ -171,11 +171,8 @@ def register(app: typer.Typer) -> None:
             ctx = n_ctx or int(model.cfg.n_ctx)
             if not 2 <= ctx <= model.cfg.n_ctx:
                 raise ValueError(f"--n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model")
-            tokens = eval_windows(load_corpus(eval_source, seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
-            if int(tokens.max()) >= model.cfg.d_vocab:
-                raise ValueError(
-                    f"the evaluation set has token ids up to {int(tokens.max())} but the model's vocabulary "
-                    f"has {model.cfg.d_vocab}; the byte-level corpora need d_vocab >= 256")
+            tokens = eval_windows(corpus_for_model(model, eval_source, seed=seed), n_seq=n_seq, n_ctx=ctx,
+                                  seed=seed)
             return run_landscape(
                 model, tokens, out, axes=axes, dims=dims, span=span,
                 value_range=parse_range(value_range) if value_range else None, resolution=resolution,

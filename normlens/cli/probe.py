@@ -42,14 +42,14 @@ def register(app: typer.Typer) -> None:
         from normlens.cli.common import run_or_exit
 
         def job() -> Path:
-            from normlens.data import eval_windows, load_embedded
+            from normlens.data import corpus_for_model, eval_windows
             from normlens.models.loading import load_model
 
             model = load_model(spec)
             ctx = n_ctx or int(model.cfg.n_ctx)
             if ctx > model.cfg.n_ctx or ctx < 2:
                 raise ValueError(f"--n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model")
-            tokens = eval_windows(load_embedded(), n_seq=n_seq, n_ctx=ctx, seed=seed)
+            tokens = eval_windows(corpus_for_model(model), n_seq=n_seq, n_ctx=ctx, seed=seed)
             return probe_model(model.eval(), tokens, out, seed, name=spec)
 
         report = run_or_exit(job)

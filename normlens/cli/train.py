@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -21,7 +22,7 @@ def train_command(
     d_model: int = typer.Option(64, "--d-model"),
     n_heads: int = typer.Option(4, "--heads"),
     n_ctx: int = typer.Option(64, "--n-ctx", help="context length"),
-    dyt_alpha0: float = typer.Option(0.5, "--dyt-alpha0", help="DyT's initial alpha"),
+    dyt_alpha0: Optional[float] = typer.Option(None, "--dyt-alpha0", help="DyT's initial alpha in every slot (default: per slot kind, see ZooConfig)"),
     steps: int = typer.Option(300),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(3e-3),
@@ -67,24 +68,30 @@ def train_command(
 
 
 def remove_ln_command(
-    checkpoint: Path = typer.Argument(..., help="checkpoint folder of a trained 'ln' model"),
-    out: Path = typer.Option(Path("runs/ln-removed"), help="folder for the LN-free checkpoint"),
+    checkpoint: Path = typer.Argument(..., help="checkpoint folder of a trained 'ln' model, or a GPT-2 (HF folder or name)"),
+    out: Path = typer.Option(Path("runs/ln-removed"), help="folder for the LN-free checkpoint (GPT-2s: eps=1e12 HF format)"),
     data: str = typer.Option("embedded", help="'embedded', a text file path, or hf:DATASET_NAME"),
     seed: int = typer.Option(0),
 ) -> None:
     """Remove every LayerNorm of a trained 'ln' model by staged fine-tuning."""
 
     def job() -> None:
-        from normlens.data import load_corpus
+        from normlens.data import corpus_for_model
         from normlens.io import write_json
-        from normlens.models.checkpoint import load_checkpoint, save_checkpoint
-        from normlens.models.ln_removal import LNRemovalConfig, remove_layernorm
+        from normlens.models.checkpoint import save_checkpoint
+        from normlens.models.export import export_lnfree
+        from normlens.models.ln_removal import LNRemovalConfig, is_zoo_model, remove_layernorm
+        from normlens.models.loading import load_model
 
-        model = load_checkpoint(checkpoint)
-        removed, result = remove_layernorm(model, load_corpus(data, seed=seed), LNRemovalConfig(seed=seed))
-        save_checkpoint(removed, out)
+        model = load_model(str(checkpoint))
+        removed, result = remove_layernorm(model, corpus_for_model(model, data, seed=seed), LNRemovalConfig(seed=seed))
+        if is_zoo_model(removed):
+            save_checkpoint(removed, out)
+        else:
+            export_lnfree(removed, out)
         write_json(out / "removal_result.json", result.to_dict())
-        typer.echo(f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}; "
+        typer.echo(f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f} (LayerNorm kept, "
+                   f"same steps: {result.val_loss_control:.4f}; gap {result.gap_to_control:+.4f}); "
                    f"LN-free checkpoint in {out}")
 
     run_or_exit(job)

@@ -82,10 +82,27 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(config_path)!r} is not a normlens checkpoint config "
                               f"(expected \"format\": \"{FORMAT}\")")
-    if meta.get("version", 0) > FORMAT_VERSION:
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{str(config_path)!r} has \"version\": {version!r}, expected an integer "
+                              f"such as {FORMAT_VERSION}; re-save the checkpoint with `normlens train`")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format version {meta['version']} is newer than this "
                               f"normlens understands ({FORMAT_VERSION}); upgrade normlens")
     return meta
+
+
+# Buffers added after format version 1 was fixed, with the buffer an older file holds instead.
+_ADDED_BUFFERS = {"std_value": "std", "live_value": "live"}
+
+
+def _fill_value_path_buffers(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Checkpoints written before LN removal had a value path: the value path is the output path."""
+    for name in expected:
+        prefix, _, leaf = name.rpartition(".")
+        older = _ADDED_BUFFERS.get(leaf)
+        if older is not None and name not in saved and f"{prefix}.{older}" in saved:
+            saved[name] = saved[f"{prefix}.{older}"]
 
 
 def load_checkpoint(path: str | Path) -> TransformerBridge:
@@ -96,7 +113,8 @@ def load_checkpoint(path: str | Path) -> TransformerBridge:
     try:
         config = ZooConfig.from_dict(meta["config"])
     except (ConfigError, TypeError, KeyError) as error:
-        raise CheckpointError(f"checkpoint config in {str(folder)!r} is not usable: {error}") from None
+        what = f"has no {error}" if isinstance(error, KeyError) else f"is not usable: {error}"
+        raise CheckpointError(f"the checkpoint config {str(folder / CONFIG_FILE)!r} {what}") from None
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS_FILE}; the checkpoint is "
@@ -108,6 +126,7 @@ def load_checkpoint(path: str | Path) -> TransformerBridge:
                               f"({error}); re-save the checkpoint with `normlens train`") from None
     model = build_model(config)
     expected = model_tensors(model)
+    _fill_value_path_buffers(saved, expected)
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(

@@ -140,12 +140,30 @@ class NoNorm(_Norm):
 class FrozenStdLayerNorm(_Norm):
     """LayerNorm whose per-token std is replaced by a stored average (the "fake LN").
 
-    Buffers: ``std`` (the divisor of positions >= 1, and of position 0 unless
-    ``separate_first_position``), ``std_first`` (position 0's own average),
-    ``live`` (still a real LayerNorm), ``live_first`` (position 0 still real
-    after the rest is frozen: the LN-removal papers treat the first position
-    last). Live positions track their average std in training mode.
-    ``hook_scale`` fires with the divisor actually used, shape (..., 1).
+    y = (x - mean(x)) / sigma * g + b, sigma a stored average of the per-token
+    std (Baroni, Heimersheim et al. 2025). Buffers:
+
+    * ``std`` / ``live``: the divisor of the module's output (for an
+      attention-input norm: the query/key path) and whether it is still the
+      token's own std (a real LayerNorm).
+    * ``std_value`` / ``live_value``: the same for the attention's value path.
+      The paper freezes an attention-input LN for queries and keys before
+      values, so the two paths divide by different numbers for a while, and
+      the value divisor stays its own after. The value path is applied by a
+      forward pre-hook on the attention's value projection
+      (:func:`attach_value_path`), which rescales this module's output for
+      that projection: y_v = (y - s*b) * sigma / sigma_v + s*b.
+    * ``std_first`` / ``live_first``: position 0's tracked std, and whether
+      position 0 still divides by its own std after the rest is frozen (the
+      paper treats the first position last). When it is frozen it divides by
+      the same ``std`` / ``std_value`` as every other position.
+    * ``separate_first_position``: models saved before position 0 joined the
+      common divisor keep dividing it by ``std_first``.
+
+    Live paths track their divisor in training mode as an exponential moving
+    average (momentum 0.9) of the mean per-token std over positions >= 1;
+    ``std_first`` tracks position 0 while it is live. ``hook_scale`` fires
+    with the divisor of the output (query/key path), shape (..., 1).
     """
 
     kind = "lnfree"
@@ -164,12 +182,16 @@ class FrozenStdLayerNorm(_Norm):
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
         self.register_buffer("std", torch.tensor(float(std)))
+        self.register_buffer("std_value", torch.tensor(float(std)))
         self.register_buffer("std_first", torch.tensor(float(std)))
         self.register_buffer("live", torch.tensor(bool(live)))
+        self.register_buffer("live_value", torch.tensor(bool(live)))
         self.register_buffer("live_first", torch.tensor(False))
         self.register_buffer("separate_first_position", torch.tensor(bool(separate_first_position)))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+        self.feeds_value_path = False  # set by attach_value_path
+        self._value_ratio: torch.Tensor | None = None
 
     @property
     def is_live(self) -> bool:
@@ -177,51 +199,104 @@ class FrozenStdLayerNorm(_Norm):
 
     @property
     def divides_by_token_std(self) -> bool:
-        """True while any position is still normalized by its own std."""
-        return bool(self.live) or bool(self.live_first)
+        """True while any position of any path is still normalized by its own std."""
+        return bool(self.live) or bool(self.live_value) or bool(self.live_first)
 
-    def freeze(self, keep_first_position_live: bool = False) -> None:
-        """Divide positions >= 1 by the tracked average std from now on.
+    @property
+    def value_path_differs(self) -> bool:
+        """True when the value path divides by something else than the output."""
+        if bool(self.live) or bool(self.live_value):
+            return bool(self.live) != bool(self.live_value)
+        return bool(self.std != self.std_value)
 
-        With ``keep_first_position_live`` position 0 stays a real LayerNorm
-        (and keeps tracking ``std_first``) until :meth:`freeze_first_position`.
+    def freeze(self, keep_first_position_live: bool = False, *, path: str = "both") -> None:
+        """Divide positions >= 1 of ``path`` ("qk", "value" or "both") by its tracked average.
+
+        With ``keep_first_position_live`` position 0 stays a real LayerNorm (and
+        keeps tracking ``std_first``) until :meth:`freeze_first_position`.
         """
-        self.live.fill_(False)
+        if path not in ("qk", "value", "both"):
+            raise ValueError(f"path must be 'qk', 'value' or 'both', got {path!r}")
+        if path in ("qk", "both"):
+            self.live.fill_(False)
+        if path in ("value", "both"):
+            self.live_value.fill_(False)
         self.live_first.fill_(bool(keep_first_position_live))
-        self.separate_first_position.fill_(bool(keep_first_position_live))
+        self.separate_first_position.fill_(False)
 
     def freeze_first_position(self) -> None:
-        """Divide position 0 by its own tracked average ``std_first``."""
+        """Divide position 0 by the same frozen divisors as every other position.
+
+        The LN-removal paper's last step: the first position's special case
+        ends, so the model is a plain LayerNorm-free model (one divisor per
+        path), as the released eps = 1e12 checkpoints are.
+        """
         self.live_first.fill_(False)
+        self.separate_first_position.fill_(False)
 
     def _ema(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
         buffer.mul_(self.momentum).add_((1 - self.momentum) * value.to(buffer.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _divisor(self, token_std: torch.Tensor, live: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Per-position divisor (..., pos, 1) of one path."""
+        if bool(live):
+            return token_std
+        divisor = std.to(token_std.dtype).expand_as(token_std)
+        if token_std.dim() >= 2 and (bool(self.live_first) or bool(self.separate_first_position)):
+            first = (token_std[..., :1, :] if bool(self.live_first)
+                     else self.std_first.to(token_std.dtype).expand_as(token_std[..., :1, :]))
+            divisor = torch.cat([first, divisor[..., 1:, :]], dim=-2)
+        return divisor
+
+    @torch.no_grad()
+    def _track(self, token_std: torch.Tensor) -> None:
+        later = token_std[..., 1:, :] if token_std.dim() >= 2 and token_std.shape[-2] > 1 else token_std
+        if bool(self.live):
+            self._ema(self.std, later.mean())
+        if bool(self.live_value):
+            self._ema(self.std_value, later.mean())
+        if bool(self.live) or bool(self.live_value) or bool(self.live_first):
+            self._ema(self.std_first, token_std[..., :1, :].mean())
+
+    def normalize_with_hooks(self, x: torch.Tensor, hook_scale: nn.Module, hook_normalized: nn.Module
+                             ) -> torch.Tensor:
+        """The forward pass firing the given hook points (a bridge may pass its own)."""
         xf = _upcast(x)  # (..., pos, d_model)
         centred = xf - xf.mean(-1, keepdim=True)
         token_std = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (..., pos, 1)
-        if self.is_live:
-            divisor = token_std
-            if self.training:
-                with torch.no_grad():
-                    self._ema(self.std, token_std[..., 1:, :].mean() if _has_later_positions(xf)
-                              else token_std.mean())
-                    self._ema(self.std_first, token_std[..., :1, :].mean())
+        divisor = self._divisor(token_std, self.live, self.std)
+        if self.training:
+            self._track(token_std)
+        scale = hook_scale(divisor)
+        normalized = hook_normalized(centred / scale)
+        if self.feeds_value_path and self.value_path_differs:
+            self._value_ratio = scale / self._divisor(token_std, self.live_value, self.std_value)
         else:
-            divisor = self.std.to(xf.dtype).expand_as(token_std)
-            if bool(self.separate_first_position) and xf.dim() >= 2:
-                if bool(self.live_first):
-                    first = token_std[..., :1, :]
-                    if self.training:
-                        with torch.no_grad():
-                            self._ema(self.std_first, first.mean())
-                else:
-                    first = self.std_first.to(xf.dtype).expand_as(token_std[..., :1, :])
-                divisor = torch.cat([first, divisor[..., 1:, :]], dim=-2)
-        scale = self.hook_scale(divisor)
-        normalized = self.hook_normalized(centred / scale)
+            self._value_ratio = None
         return self._finish(normalized * self.weight + self.bias, x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize_with_hooks(x, self.hook_scale, self.hook_normalized)
+
+    def value_input_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook for the value projection: rescale this norm's output to the value path."""
+        ratio, self._value_ratio = self._value_ratio, None
+        if ratio is None or not args:
+            return None
+        y = args[0]  # (..., pos, d_model), this norm's output
+        if y.shape[:-1] != ratio.shape[:-1]:
+            raise RuntimeError(
+                f"the value projection got an input of shape {tuple(y.shape)}, not the attention-input "
+                f"norm's output {tuple(ratio.shape[:-1])}; the value path needs them to be the same")
+        offset = (self.bias * self.output_scale).to(y.dtype)
+        return ((y - offset) * ratio.to(y.dtype) + offset,) + tuple(args[1:])
+
+
+def attach_value_path(norm: FrozenStdLayerNorm, value_projection: nn.Module) -> None:
+    """Let ``norm`` (an attention-input norm) feed ``value_projection`` with its value divisor."""
+    if not norm.feeds_value_path:
+        value_projection.register_forward_pre_hook(norm.value_input_hook)
+        norm.feeds_value_path = True
 
 
 def _has_later_positions(x: torch.Tensor) -> bool:

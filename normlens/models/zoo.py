@@ -21,8 +21,9 @@ from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_f
 from transformer_lens.model_bridge.sources.native.init import initialize_native_model
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 
+from normlens.models.checks import check_memory
 from normlens.models.config import ZooConfig
-from normlens.models.norms import build_norm
+from normlens.models.norms import FrozenStdLayerNorm, attach_value_path, build_norm
 from normlens.sites import norm_slots
 
 # TransformerLens's config value per norm kind: tools that branch on it (logit
@@ -121,7 +122,7 @@ def _norm_for_slot(config: ZooConfig, slot: str, layer: int | None) -> nn.Module
         config.d_model,
         eps=config.eps,
         output_scale=config.output_scale(layer) if layer is not None else 1.0,
-        dyt_alpha0=config.dyt_alpha0,
+        dyt_alpha0=config.dyt_alpha0_for(slot),
         frozen_std=config.frozen_std,
     )
 
@@ -139,6 +140,8 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
 
     Weights follow TransformerLens's GPT-2 init seeded by ``config.seed``; the
     global RNG is left untouched. The config is kept as ``model.normlens_config``.
+    A config whose model would not fit in this machine's memory is refused
+    (ConfigError with the estimate) before anything is allocated.
 
     >>> model = build_model(norm="dyt", n_layers=1, d_model=32, n_heads=2)
     >>> model(torch.zeros(1, 4, dtype=torch.long)).shape
@@ -148,6 +151,7 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
         config = ZooConfig(**overrides)
     elif overrides:
         config = config.replace(**overrides)
+    check_memory(config)
     tl_cfg = _tl_config(config)
     native_cfg = copy.deepcopy(tl_cfg)
     native_cfg.normalization_type = "LN"  # built with nn.LayerNorm, then swapped below
@@ -173,7 +177,17 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
         model_name=f"normlens-{config.norm}-{config.placement}",
     )
     bridge.normlens_config = config
+    _attach_value_paths(bridge, config)
     return bridge
+
+
+def _attach_value_paths(bridge: TransformerBridge, config: ZooConfig) -> None:
+    """Frozen-std attention-input norms of Pre-LN blocks feed the value projection with their
+    own divisor (see :class:`normlens.models.norms.FrozenStdLayerNorm`)."""
+    for layer in range(config.n_layers):
+        norm = bridge.get_submodule(f"blocks.{layer}.ln1").original_component
+        if isinstance(norm, FrozenStdLayerNorm) and config.block_placement(layer) == "pre":
+            attach_value_path(norm, bridge.get_submodule(f"blocks.{layer}.attn.v"))
 
 
 def get_config(model: nn.Module) -> ZooConfig:
