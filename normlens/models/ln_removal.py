@@ -27,7 +27,7 @@ from normlens.losses import next_token_loss
 from normlens.models.checkpoint import model_tensors
 from normlens.models.norms import FrozenStdLayerNorm
 from normlens.models.zoo import build_model, get_config, norm_modules
-from normlens.sites import norm_scale
+from normlens.sites import FINAL_NORM, ln1, ln2, norm_scale
 from normlens.train import evaluate
 
 
@@ -63,9 +63,9 @@ class LNRemovalResult:
 
 def removal_groups(n_layers: int) -> list[list[str]]:
     """The order of the paper: each ln2, each ln1, the final LN, then position 0."""
-    groups = [[f"blocks.{layer}.ln2"] for layer in range(n_layers)]
-    groups += [[f"blocks.{layer}.ln1"] for layer in range(n_layers)]
-    groups += [["ln_final"], ["first-position"]]
+    groups = [[ln2(layer)] for layer in range(n_layers)]
+    groups += [[ln1(layer)] for layer in range(n_layers)]
+    groups += [[FINAL_NORM], ["first-position"]]
     return groups
 
 

@@ -199,11 +199,6 @@ class AttentionEntropyResult:
     sink_threshold: float = 0.3
     source: str = "qk"  # "qk" (block-wise) or "pattern" (reference)
 
-    def mean_entropy(self) -> np.ndarray:
-        """(layers, heads, pos) mean entropy per query position (NaN where no query)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.entropy_sum / np.where(self.count > 0, self.count, np.nan)
-
     def head_frame(self) -> pd.DataFrame:
         """One row per (layer, head): mean entropy, mean normalized entropy, sink rate, state."""
         rows = []

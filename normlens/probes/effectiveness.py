@@ -136,12 +136,6 @@ class EffectivenessResult:
                              "skip_loss_delta": self.skip_delta,
                              "grad_norm": [float(per_layer.get(l, np.nan)) for l in range(L)]})
 
-    def group_frame(self) -> pd.DataFrame:
-        """Gradient norm per (layer, group): sqrt of the summed squared norms."""
-        g = self.grad_norms.assign(sq=self.grad_norms.grad_norm**2, layer=self.grad_norms.layer.fillna(-1))
-        out = g.groupby(["layer", "group"], as_index=False).sq.sum()
-        return out.assign(grad_norm=out.sq**0.5).drop(columns="sq")
-
     def angular_frame(self) -> pd.DataFrame:
         n = self.angular.shape[0]
         a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
