@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from normlens.cli.common import run_or_exit
+from normlens.cli.common import check_output_file, check_output_folder, run_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,8 @@ def demo_command(
         config = dataclasses.replace(base, out=out, seed=seed, fresh=fresh,
                                      train=dataclasses.replace(base.train, steps=steps, seed=seed),
                                      removal=dataclasses.replace(base.removal, seed=seed))
+        check_output_file(out, 64 << 20)  # the report and, beside it, five small models and their data
+        check_output_folder(config.data_dir, 64 << 20, option="--out's data folder")
         run_demo(config)
 
     run_or_exit(job)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from normlens.cli.common import run_or_exit
+from normlens.cli.common import check_free_space, check_output_folder, run_or_exit, zoo_parameter_count
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +40,8 @@ def train_command(
                            d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, dyt_alpha0=dyt_alpha0,
                            seed=seed)
         train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        # float32 weights and two Adam moments, written beside the previous state: 6 copies
+        check_output_folder(out, (16 << 20) + 24 * zoo_parameter_count(config))
         splits = load_corpus(data, seed=seed)
         result = train(build_model(config), splits, train_config, name=norm, checkpoint_dir=out)
         status = f"diverged at step {result.diverged_step}" if result.diverged else "finished"
@@ -63,7 +65,9 @@ def remove_ln_command(
         from normlens.models.checkpoint import load_checkpoint, save_checkpoint
         from normlens.models.ln_removal import LNRemovalConfig, remove_layernorm
 
+        check_output_folder(out, 16 << 20)
         model = load_checkpoint(checkpoint)
+        check_free_space(out, (16 << 20) + 8 * sum(p.numel() for p in model.parameters()))
         removed, result = remove_layernorm(model, load_corpus(data, seed=seed), LNRemovalConfig(seed=seed))
         save_checkpoint(removed, out)
         write_json(out / "removal_result.json", result.to_dict())
