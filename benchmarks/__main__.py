@@ -143,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     machine["seconds"] = time.perf_counter() - start
     end_load = "/".join(f"{v:.1f}" for v in machine["load_average_end"] or [])
-    body = "\n".join([
-        "## `python -m benchmarks`", "",
-        f"- machine: {machine_line(machine)}; load average {end_load} at the end",
-        f"- command: `{command.strip()}` ({machine['seconds'] / 60:.1f} min)",
-        "- every timing is a median over repeats, warm-up runs excluded; ratios are measured side by side in "
-        "this one run", "",
-        sections_markdown(sections),
-    ])
-    update_block("python -m benchmarks", body, args.md)
+    for section in sections:  # one block per section: rerunning a section replaces only its own
+        body = "\n".join([
+            f"## `python -m benchmarks`: {section.key}", "",
+            f"- machine: {machine_line(machine)}; load average {end_load} at the end",
+            f"- command: `{command.strip()}` (whole run {machine['seconds'] / 60:.1f} min)",
+            "- every timing is a median over repeats, warm-up runs excluded; the ratios are measured side by "
+            "side in this one run", "",
+            sections_markdown([section], level=3),
+        ])
+        update_block(f"python -m benchmarks: {section.key}", body, args.md)
     write_json(args.json, machine, command.strip(), sections)
     print(f"\n{_summary(sections)}\n\nwrote {args.md} and {args.json}")
     return 1 if any(s.status == "failed" for s in sections) else 0

@@ -1,9 +1,11 @@
 """Benchmark rows, their Markdown tables, and RESULTS.md assembled from marked blocks.
 
-RESULTS.md holds one block per writer (``python -m benchmarks``,
+RESULTS.md holds one block per writer (each section of ``python -m benchmarks``,
 ``benchmarks/gpu_check.sh``, ``bench_kernels.py``), each between
-``<!-- begin NAME -->`` and ``<!-- end NAME -->``; a writer replaces its own
-block and keeps the others, so a CPU run does not erase a GPU run's numbers.
+``<!-- begin NAME -->`` and ``<!-- end NAME -->`` and headed by the machine line
+and command that produced it; a writer replaces its own block and keeps the
+others, so rerunning one section, or a CPU run, does not erase other numbers.
+results.json is keyed by section the same way.
 """
 from __future__ import annotations
 
@@ -64,10 +66,10 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def sections_markdown(sections: list[Section]) -> str:
+def sections_markdown(sections: list[Section], level: int = 3) -> str:
     lines: list[str] = []
     for s in sections:
-        lines += [f"### {s.title}", ""]
+        lines += [f"{'#' * level} {s.title}", ""]
         if s.status != "ran":
             lines += [f"**{s.status}**: {_cell(s.note)}", ""]
             continue
@@ -113,7 +115,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, machine: dict, command: str, sections: list[Section]) -> Path:
-    """Machine, command and every section's rows as JSON (NaN/inf as null)."""
-    data = {"machine": machine, "command": command,
-            "sections": [_jsonable(dataclasses.asdict(s)) for s in sections]}
+    """Each section's rows with the machine and command that measured them, merged into ``path``
+    by section key (other sections' entries are kept; NaN/inf are written as null)."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("sections"), dict):
+            raise ValueError
+    except (OSError, ValueError):
+        data = {"sections": {}}
+    for s in sections:
+        data["sections"][s.key] = _jsonable({"machine": machine, "command": command, **dataclasses.asdict(s)})
     return write_text(path, json.dumps(data, indent=1) + "\n")

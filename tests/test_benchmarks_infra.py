@@ -34,7 +34,10 @@ def test_sections_markdown_and_json(tmp_path):
     assert "| a \\| b | 1.23x | ≤ 1.3x |" in text and "| memory | 42 MB |" in text and "| nan | – |" in text
     assert "**skipped**: no CUDA GPU" in text
     data = json.loads(write_json(tmp_path / "r.json", {"cpu": "x"}, "cmd", sections).read_text())
-    assert data["sections"][0]["rows"][2]["value"] is None and data["machine"] == {"cpu": "x"}
+    assert data["sections"]["probes"]["rows"][2]["value"] is None and data["sections"]["probes"]["machine"] == {"cpu": "x"}
+    write_json(tmp_path / "r.json", {"cpu": "y"}, "cmd2", sections[1:])  # rerunning one section keeps the other
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["sections"]["probes"]["command"] == "cmd" and data["sections"]["kernels"]["machine"] == {"cpu": "y"}
 
 
 def test_no_fixed_temporary_paths_in_the_benchmarks():
