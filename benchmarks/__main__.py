@@ -6,8 +6,8 @@ Sections (each a table of rows in benchmarks/RESULTS.md and benchmarks/results.j
 
   probes      statistics probes vs plain forward vs run_with_cache (time, added peak memory);
               attention-entropy memory at context 4096 (bench_probes.py)
-  train_step  a training step after the probes ÷ before, under CPU contention (bench_train_step.py,
-              or bench_probes.bench_train_step_after_probes where that exists)
+  train_step  a training step after the probes ÷ before, under CPU contention
+              (bench_probes.bench_train_step_after_probes)
   hessian     HVP ÷ gradient; top-5 eigenvalues vs PyHessian, error and time (bench_hessian.py)
   landscape   21×21 plane vs loss-landscapes at 1×64 and 8×64 tokens, time per point ÷ its
               matmuls alone (the arithmetic floor), 2 ranks vs 1 (bench_landscape.py)
@@ -51,19 +51,6 @@ TITLES = {
 }
 
 
-def _train_step_rows(quick: bool, busy: int | None) -> list[Row]:
-    from benchmarks import bench_probes, bench_train_step
-
-    theirs = getattr(bench_probes, "bench_train_step_after_probes", None)
-    if theirs is not None:  # the thread-pool fix's own measurement, when it is there
-        try:
-            result = theirs(quick=quick)
-        except TypeError:
-            result = theirs()
-        return bench_train_step.rows_from(result)
-    return bench_train_step.rows_from(bench_train_step.bench_train_step_after_probes(quick, busy))
-
-
 def _kernel_rows(quick: bool) -> list[Row] | str:
     from benchmarks import bench_kernels
 
@@ -76,7 +63,7 @@ def _runners(args) -> dict[str, Callable[[], list[Row] | str]]:
 
     return {
         "probes": lambda: bench_probes.rows(args.quick),
-        "train_step": lambda: _train_step_rows(args.quick, args.busy),
+        "train_step": lambda: bench_probes.train_step_rows(args.quick),
         "hessian": lambda: bench_hessian.rows(args.quick),
         "landscape": lambda: bench_landscape.rows(args.quick, args.threads, args.rank_threads),
         "kernels": lambda: _kernel_rows(args.quick),
@@ -127,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], help="leave these sections out")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for the landscape planes (0: default)")
     parser.add_argument("--rank-threads", type=int, default=1, help="torch threads per rank for 2 ranks vs 1")
-    parser.add_argument("--busy", type=int, default=None, help="busy processes for the contention row "
-                        "(default: two per core)")
     parser.add_argument("--md", type=Path, default=RESULTS_MD, help="Markdown results (this command's block)")
     parser.add_argument("--json", type=Path, default=RESULTS_JSON, help="JSON results")
     args = parser.parse_args(argv)

@@ -87,8 +87,8 @@ def loss_landscapes_plane(model, tokens, steps: int):
     return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
 
 
-def matmul_floor(model, n_seq: int, n_ctx: int = 64, repeats: int = 20) -> dict:
-    """Median time of the matrix products of one grid point's forward, timed alone (the arithmetic floor).
+def matmul_products(model, n_seq: int, n_ctx: int = 64):
+    """The matrix products of one grid point's forward, as a function to time, and their FLOPs.
 
     Per block: x W_QKV (T, d)·(d, 3d), scores Q Kᵀ (B·h, n, d_h)·(B·h, d_h, n), values P V, the
     output projection (T, d)·(d, d), the MLP (T, d)·(d, d_mlp) and (T, d_mlp)·(d_mlp, d); then the
@@ -113,8 +113,7 @@ def matmul_floor(model, n_seq: int, n_ctx: int = 64, repeats: int = 20) -> dict:
 
     flops = 2 * (cfg.n_layers * (tokens * d * 3 * d + 2 * n_seq * h * n_ctx * n_ctx * d_head + tokens * d * d
                                  + 2 * tokens * d * d_mlp) + tokens * d * vocab)
-    t = median_seconds(products, repeats, warmup=True)
-    return {"seconds": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
+    return products, flops
 
 
 def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> dict | None:
@@ -130,11 +129,14 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> dict | None:
     normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
     loss_landscapes_plane(baseline_model, tokens, 3)
     normlens_plane(model, tokens, 5, zoo_fast_path=False)
-    ours, generic, theirs, last = [], [], [], {}
-    for _ in range(repeats):  # alternate so all see the same background load
+    products, flops = matmul_products(model, n_seq)
+    products()
+    ours, generic, theirs, floors, last = [], [], [], [], {}
+    for _ in range(repeats):  # alternate so all see the same background load (the matmul floor too)
         ours.append(seconds(lambda: last.update(ours=normlens_plane(model, tokens, 21))))
         generic.append(seconds(lambda: last.update(generic=normlens_plane(model, tokens, 21, False))))
         theirs.append(seconds(lambda: last.update(theirs=loss_landscapes_plane(baseline_model, tokens, 21))))
+        floors.append(median_seconds(products, 5))
     ours_result, theirs_surface = last["ours"], last["theirs"]  # the last timed runs' values
     t_ours, t_theirs, t_generic = statistics.median(ours), statistics.median(theirs), statistics.median(generic)
     path = ours_result.info["forward_path"]
@@ -151,7 +153,8 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> dict | None:
     print(f"   model's own loss {own_loss:.6f}; normlens f(0,0) {ours_result.center_loss:.6f} "
           f"(|diff| {abs(ours_result.center_loss - own_loss):.1e}); loss-landscapes centre cell "
           f"{theirs_surface[10, 10]:.6f} (|diff| {abs(theirs_surface[10, 10] - own_loss):.1e})")
-    floor = matmul_floor(model, n_seq)
+    t_floor = statistics.median(floors)
+    floor = {"seconds": t_floor, "flops": flops, "gflops_per_s": flops / t_floor / 1e9}
     per_point = t_ours / ours_result.loss.size
     print(f"   per grid point: normlens {per_point * 1e3:.2f} ms, its matmuls alone {floor['seconds'] * 1e3:.2f} ms "
           f"({floor['gflops_per_s']:.0f} GFLOP/s) -> {per_point / floor['seconds']:.2f}x the arithmetic floor; "

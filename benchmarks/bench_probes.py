@@ -1,6 +1,6 @@
 """Probes benchmark: time and peak-memory ratios measured side by side in one run.
 
-    python benchmarks/bench_probes.py [--quick]      (or as part of: python -m benchmarks)
+    python benchmarks/bench_probes.py [--quick] [--train-step]     (or as part of: python -m benchmarks)
 
 1. Forward with all activation-statistics probes attached vs a plain forward
    (zoo model, 4 layers, width 256, 16 x 256 tokens, CPU, no_grad). Median of
@@ -12,6 +12,10 @@
 3. Attention entropy from q and k at context 4096 (1 sequence, 4 heads, d_head
    64): peak memory of the block-wise computation vs materializing the pattern
    and reducing it (target <= 1/16), and the largest difference in entropy.
+4. A training step after the statistics probe has run once in the process / the
+   same step before it, under contention (busy processes beside it; target
+   <= 1.05), and torch's intra-op thread count before and after the probe
+   (:func:`bench_train_step_after_probes`).
 
 Peak memory: each measurement runs in a fresh Python process (so no allocator
 cache is shared) that builds its inputs, records its peak resident set size
@@ -25,11 +29,13 @@ back through files in a temporary folder.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +127,72 @@ def child(mode: str, save: str | None = None) -> dict:
     return {"peak_mb": (_peak_kb() - before) / 1024}
 
 
+def _train_step_child(n_layers: int, d_model: int, n_ctx: int, batch: int, repeats: int,
+                      torch_threads: int) -> dict:
+    """In a fresh process: training steps before the probe, one probed forward, the same steps after."""
+    from normlens.losses import next_token_loss
+
+    torch.set_num_threads(torch_threads)
+    model = normlens.build_model(norm="ln", n_layers=n_layers, d_model=d_model, n_heads=4, n_ctx=n_ctx)
+    tokens = _tokens(batch, n_ctx)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad()
+        next_token_loss(model, tokens).backward()
+        opt.step()
+
+    def timed() -> tuple[float, float]:
+        wall, cpu = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        return statistics.median(wall), statistics.median(cpu)
+
+    step()  # warm-up
+    wall_before, cpu_before = timed()
+    threads_before = torch.get_num_threads()
+    _with_probes(model.eval(), tokens, finish=True)
+    model.train()
+    threads_after = torch.get_num_threads()
+    wall_after, cpu_after = timed()
+    return {"step_before_s": wall_before, "step_after_s": wall_after, "cpu_before_s": cpu_before,
+            "cpu_after_s": cpu_after, "torch_threads_before": threads_before,
+            "torch_threads_after": threads_after}
+
+
+def bench_train_step_after_probes(n_busy: int = 3, n_layers: int = 8, d_model: int = 128, n_ctx: int = 128,
+                                  batch: int = 8, repeats: int = 5, torch_threads: int | None = None) -> dict:
+    """A training step after ``ActivationStatsProbe`` ran once in the process / before it, under contention.
+
+    Runs in a fresh child process (a probe run earlier in this process would spoil "before"), with
+    ``n_busy`` busy-looping processes started beside it and killed afterwards. ``torch_threads``
+    (default: half the logical CPUs, torch's own default on a machine with two hardware threads per
+    core) is set in the child, so that a probe which changed torch's thread count shows up both in
+    ``torch_threads_after`` and in the step time. Returns the child's medians (wall and CPU seconds
+    per step, before and after), the thread counts, and ``ratio`` = wall after / wall before
+    (target <= 1.05) and ``cpu_ratio``.
+    """
+    if torch_threads is None:
+        torch_threads = max(1, (os.cpu_count() or 2) // 2)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n_busy)]
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", "train_step", json.dumps(
+            [n_layers, d_model, n_ctx, batch, repeats, torch_threads])], capture_output=True, text=True, check=True)
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result |= {"ratio": result["step_after_s"] / result["step_before_s"],
+               "cpu_ratio": result["cpu_after_s"] / result["cpu_before_s"], "n_busy": n_busy,
+               "shape": f"{n_layers}L d{d_model}, {batch}x{n_ctx} tokens"}
+    return result
+
+
 def _run_child(mode: str, save: str | None = None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", mode] + (["--save", save] if save else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -198,15 +270,32 @@ def rows(quick: bool = False) -> list[Row]:
     ]
 
 
-def main(quick: bool = False) -> None:
-    for row in rows(quick):
+def train_step_rows(quick: bool = False) -> list[Row]:
+    """[4] as benchmark rows (for ``python -m benchmarks``)."""
+    r = bench_train_step_after_probes(repeats=3 if quick else 5)
+    detail = (f"{r['shape']}, {r['n_busy']} busy processes beside it; {r['step_before_s'] * 1e3:.0f} → "
+              f"{r['step_after_s'] * 1e3:.0f} ms per step; torch threads {r['torch_threads_before']} → "
+              f"{r['torch_threads_after']}")
+    return [
+        Row("train_step", "training step after the probe ÷ before, under contention (wall)", r["ratio"],
+            target="≤ 1.05x", detail=detail, extra=r),
+        Row("train_step", "training step after the probe ÷ before, CPU time", r["cpu_ratio"], target="≤ 1.05x",
+            detail=f"{r['cpu_before_s']:.2f} → {r['cpu_after_s']:.2f} CPU-s per step"),
+    ]
+
+
+def main(quick: bool = False, train_step_only: bool = False) -> None:
+    found = train_step_rows(quick) if train_step_only else rows(quick) + train_step_rows(quick)
+    for row in found:
         print(f"{row.name}: {row.shown()}  {row.target}  {row.detail}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child" and sys.argv[2] == "train_step":
+        print(json.dumps(_train_step_child(*json.loads(sys.argv[3]))))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--child":
         torch.set_num_threads(1)
         save = sys.argv[sys.argv.index("--save") + 1] if "--save" in sys.argv else None
         print(json.dumps(child(sys.argv[2], save)))
     else:
-        main(quick="--quick" in sys.argv)
+        main(quick="--quick" in sys.argv, train_step_only="--train-step" in sys.argv)
