@@ -1,7 +1,7 @@
 """Hessian benchmark: HVP cost relative to a gradient, and top-5 eigenvalues vs PyHessian 0.1.
 
-Run: /work/venv/bin/python benchmarks/bench_hessian.py
-Needs the benchmark-only dependency `pip install pyhessian==0.1`.
+Run: python benchmarks/bench_hessian.py     (or as part of: python -m benchmarks)
+The PyHessian comparison needs the benchmark-only extra: pip install -e ".[bench]".
 
 Everything runs on one CPU thread, side by side in one process, each timing
 repeated and the median taken (other jobs share the cores). Reference
@@ -10,17 +10,24 @@ eigenvalues come from the dense float64 Hessian (torch.func, reverse-over-revers
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-from torch.func import functional_call, jacrev
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import normlens
-from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
-from normlens.curvature import HessianOperator, compute_eigenpairs
-from normlens.losses import logits_loss
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from torch.func import functional_call, jacrev  # noqa: E402
+
+import normlens  # noqa: E402
+from benchmarks.results import Row  # noqa: E402
+from benchmarks.timing import median_seconds  # noqa: E402
+from normlens.curvature import HessianOperator, compute_eigenpairs  # noqa: E402
+from normlens.losses import logits_loss  # noqa: E402
 
 REPEATS = 5
 
@@ -41,7 +48,7 @@ class LogitsForPyHessian(nn.Module):
         return logits[:, :-1].reshape(-1, logits.shape[-1])  # (batch * (pos - 1), d_vocab)
 
 
-def hvp_ratio(make, tokens: torch.Tensor, label: str) -> None:
+def hvp_ratio(make, tokens: torch.Tensor, label: str) -> dict:
     model = make()
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
     cold = HessianOperator(model, tokens, method="double_backward", keep_graph=False)
@@ -66,6 +73,10 @@ def hvp_ratio(make, tokens: torch.Tensor, label: str) -> None:
     print(f"  HVP forward-over-reverse           {t_fr * 1e3:7.2f} ms   ratio {t_fr / t_grad:.2f}")
     print(f"  HVP double backward, kept graph    {t_warm * 1e3:7.2f} ms   ratio {t_warm / t_grad:.2f}"
           "   (normlens default for one batch)")
+    return {"label": label, "n_params": n, "grad_s": t_grad, "plain_backward_s": t_plain,
+            "hvp_fresh_s": t_cold, "hvp_forward_over_reverse_s": t_fr, "hvp_kept_graph_s": t_warm,
+            "ratio_fresh": t_cold / t_grad, "ratio_forward_over_reverse": t_fr / t_grad,
+            "ratio_kept_graph": t_warm / t_grad}
 
 
 def dense_top(make, tokens: torch.Tensor, k: int) -> np.ndarray:
@@ -82,12 +93,12 @@ def dense_top(make, tokens: torch.Tensor, k: int) -> np.ndarray:
     return torch.linalg.eigvalsh(H).flip(0)[:k].numpy()
 
 
-def compare_pyhessian(make, tokens: torch.Tensor, k: int = 5) -> None:
+def compare_pyhessian(make, tokens: torch.Tensor, k: int = 5) -> dict | None:
     try:
         from pyhessian import hessian as PyHessian
     except ImportError:
-        print("PyHessian not installed: /work/venv/bin/pip install pyhessian==0.1")
-        return
+        print('PyHessian not installed: pip install -e ".[bench]"')
+        return None
     exact = dense_top(make, tokens, k)
     model = make()
 
@@ -124,6 +135,12 @@ def compare_pyhessian(make, tokens: torch.Tensor, k: int = 5) -> None:
           f" (sorted {err_theirs_sorted.max():.2e})  time {t_theirs:.3f} s")
     print(f"  time ratio normlens / PyHessian = {t_ours / t_theirs:.2f}"
           f"   (normlens <= 0.1% error: {bool(err_ours.max() <= 1e-3)})")
+    return {"k": k, "exact": exact.tolist(), "normlens": np.asarray(ours_values).tolist(),
+            "pyhessian": theirs_values.tolist(), "normlens_max_rel_err": float(err_ours.max()),
+            "pyhessian_max_rel_err": float(err_theirs.max()),
+            "pyhessian_sorted_max_rel_err": float(err_theirs_sorted.max()),
+            "normlens_s": t_ours, "pyhessian_s": t_theirs, "time_ratio": t_ours / t_theirs,
+            "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def tiny_untrained() -> nn.Module:
@@ -144,8 +161,8 @@ def fit_to_batch(model: nn.Module, tokens: torch.Tensor, steps: int = 150) -> li
     return [p.detach().clone() for p in model.parameters()]
 
 
-def main() -> None:
-    torch.set_num_threads(1)
+def _models():
+    """The fitted tiny model (for PyHessian and the dense reference) and the demo-sized model, as factories."""
     tiny_tokens = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(0))
     fitted = fit_to_batch(tiny_untrained(), tiny_tokens)
 
@@ -160,6 +177,43 @@ def main() -> None:
         return normlens.build_model(norm="ln", seed=0).eval()
 
     demo_tokens = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    return (tiny, tiny_tokens), (demo, demo_tokens)
+
+
+def rows(quick: bool = False) -> list[Row]:
+    """HVP ÷ gradient and top-5 eigenvalues vs PyHessian as benchmark rows, on one CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (tiny, tiny_tokens), (demo, demo_tokens) = _models()
+        h = hvp_ratio(demo, demo_tokens, "demo zoo transformer (2 layers, d_model 64)")
+        out = [
+            Row("hessian", "HVP ÷ gradient (demo zoo model, 4×32 tokens; kept graph, the default)",
+                h["ratio_kept_graph"], target="≤ 2.5x",
+                detail=f"{h['n_params']} params; fresh graph {h['ratio_fresh']:.2f}x, forward-over-reverse "
+                f"{h['ratio_forward_over_reverse']:.2f}x; gradient {h['grad_s'] * 1e3:.1f} ms", extra=h),
+        ]
+        p = compare_pyhessian(tiny, tiny_tokens)
+        if p is None:
+            out.append(Row("hessian", "top-5 eigenvalues vs PyHessian", None,
+                           detail='skipped: PyHessian is not installed (pip install -e ".[bench]")'))
+            return out
+        out += [
+            Row("hessian", "top-5 eigenvalues: normlens max relative error (dense float64 reference)",
+                p["normlens_max_rel_err"], "", target="≤ 1e-3", extra=p),
+            Row("hessian", "top-5 eigenvalues: PyHessian 0.1 max relative error", p["pyhessian_max_rel_err"], "",
+                detail=f"sorted {p['pyhessian_sorted_max_rel_err']:.2e} (PyHessian returns largest magnitude)"),
+            Row("hessian", "top-5 eigenvalues: time normlens ÷ PyHessian", p["time_ratio"], target="≤ 1x",
+                detail=f"{p['normlens_s']:.3f} s vs {p['pyhessian_s']:.3f} s, {p['n_params']} params"),
+        ]
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    (tiny, tiny_tokens), (demo, demo_tokens) = _models()
     hvp_ratio(tiny, tiny_tokens, "tiny zoo transformer (1 layer, d_model 8)")
     hvp_ratio(demo, demo_tokens, "demo zoo transformer (2 layers, d_model 64)")
     compare_pyhessian(tiny, tiny_tokens)

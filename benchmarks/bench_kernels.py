@@ -1,6 +1,6 @@
 """Benchmark normlens's fused kernels against torch eager, torch.compile and Liger-Kernel (GPU only).
 
-Run:  python benchmarks/bench_kernels.py                 (writes benchmarks/RESULTS.md)
+Run:  python benchmarks/bench_kernels.py                 (writes its block of benchmarks/RESULTS.md)
       python benchmarks/bench_kernels.py --quick         (fewer widths, no torch.compile)
       python benchmarks/bench_kernels.py --compile-only  (no GPU needed: compiles every kernel
                                                           variant for sm_90, prints registers/spills)
@@ -26,8 +26,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.results import RESULTS_MD, Row, update_block  # noqa: E402
 
 WIDTHS = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 QUICK_WIDTHS = [1024, 4096, 16384, 65536]
@@ -371,7 +377,7 @@ def compile_only(arch: int) -> int:
 def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
     dev = torch.cuda.get_device_name()
     lines = [
-        "# Fused-kernel benchmarks",
+        "## Fused-kernel benchmarks",
         "",
         f"- device: {dev} (torch {torch.__version__}, CUDA {torch.version.cuda}, "
         f"triton {__import__('triton').__version__}, Python {platform.python_version()})",
@@ -379,7 +385,7 @@ def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
         f"- command: `{command}`",
         f"- problems: M·N = {ELEMENTS} elements; bytes: forward 2·M·N·elt, backward 3·M·N·elt, plus parameters",
         "",
-        "## Norms: effective bandwidth, GB/s (forward / backward)",
+        "### Norms: effective bandwidth, GB/s (forward / backward)",
         "",
     ]
     providers = sorted({r["provider"] for r in norm_rows}, key=lambda p: (p != "normlens", p))
@@ -388,7 +394,7 @@ def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
             sel = [r for r in norm_rows if r["op"] == op and r["dtype"] == dtype]
             if not sel:
                 continue
-            lines += [f"### {op}, {dtype}", "", "| N | " + " | ".join(providers) + " | normlens max err |",
+            lines += [f"#### {op}, {dtype}", "", "| N | " + " | ".join(providers) + " | normlens max err |",
                       "|---|" + "---|" * (len(providers) + 1)]
             for n in sorted({r["n"] for r in sel}):
                 cells = []
@@ -399,11 +405,11 @@ def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
                 err_cell = f"{err[0]:.2e}" if err else "–"
                 lines.append(f"| {n} | " + " | ".join(cells) + f" | {err_cell} |")
             lines.append("")
-    lines += ["## Cost of the statistics side outputs (bf16 forward)", "",
+    lines += ["### Cost of the statistics side outputs (bf16 forward)", "",
               "| op | N | with stats, ms | without, ms | cost |", "|---|---|---|---|---|"]
     for r in stats_rows:
         lines.append(f"| {r['op']} | {r['n']} | {r['with_ms']:.4f} | {r['without_ms']:.4f} | {r['cost_pct']:+.2f} % |")
-    lines += ["", "## Attention entropy (bf16, batch 1, 16 heads, d_head 64, causal)", "",
+    lines += ["", "### Attention entropy (bf16, batch 1, 16 heads, d_head 64, causal)", "",
               "| context | ours, ms | materialize-then-reduce, ms | speed-up | SDPA forward, ms | ours, MiB | materialized, MiB | max err |",
               "|---|---|---|---|---|---|---|---|"]
     for r in entropy_rows:
@@ -418,8 +424,8 @@ def _markdown(norm_rows, stats_rows, entropy_rows, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer widths and no torch.compile")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"),
-                        help="where to write the Markdown results")
+    parser.add_argument("--out", type=Path, default=RESULTS_MD,
+                        help="the Markdown results file (this script replaces its own block in it)")
     parser.add_argument("--compile-only", action="store_true",
                         help="compile every kernel variant for a GPU target and print registers/spills; "
                              "needs no GPU (TRITON_INTERPRET must be unset)")
@@ -452,11 +458,54 @@ def main(argv: list[str] | None = None) -> int:
     print("attention entropy:")
     entropy_rows = bench_entropy(ENTROPY_CONTEXTS, device)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
-    from normlens.io import write_text
-
-    write_text(args.out, _markdown(norm_rows, stats_rows, entropy_rows, command))
+    update_block("bench_kernels", _markdown(norm_rows, stats_rows, entropy_rows, command), args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def gpu_unavailable() -> str | None:
+    """Why the kernel benchmarks cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    from normlens.kernels import interpreting, is_available
+
+    if not is_available():
+        return "triton is not installed"
+    if interpreting():
+        return "TRITON_INTERPRET=1 is set: the interpreter times nothing (unset it)"
+    return None
+
+
+def rows(quick: bool = False) -> list[Row]:
+    """Kernel bandwidths (bf16, N ≥ 4096), statistics cost and the entropy kernel as benchmark rows."""
+    device = torch.device("cuda")
+    widths = [4096, 16384] if quick else [4096, 16384, 65536]
+    norm_rows = bench_norms(widths, compile_too=False, device=device)
+    stats_rows = bench_stats_cost(widths, device)
+    entropy_rows = bench_entropy(ENTROPY_CONTEXTS, device)
+    out = []
+    for r in norm_rows:
+        if r["dtype"] != "bfloat16":
+            continue
+        peers = {p["provider"]: p for p in norm_rows
+                 if (p["op"], p["dtype"], p["n"]) == (r["op"], r["dtype"], r["n"]) and p["provider"] != r["provider"]}
+        if r["provider"] == "normlens":
+            detail = "; ".join(f"{name} {p['fwd_gbps']:.0f} / {p['bwd_gbps']:.0f}" for name, p in peers.items())
+            out.append(Row("kernels", f"{r['op']} bf16 N={r['n']}: forward bandwidth", r["fwd_gbps"], "GB/s",
+                           target="≥ 2900 (H100), 4150 (H200)", detail=f"max err {r['max_err']:.1e}; forward / "
+                           f"backward GB/s of the others: {detail}", extra=r))
+            out.append(Row("kernels", f"{r['op']} bf16 N={r['n']}: backward bandwidth", r["bwd_gbps"], "GB/s",
+                           target="≥ 2500 (H100), 3580 (H200)"))
+    for r in stats_rows:
+        out.append(Row("kernels", f"statistics side outputs, {r['op']} N={r['n']}: extra time", r["cost_pct"], "%",
+                       target="≤ 3 %", extra=r))
+    for r in entropy_rows:
+        out.append(Row("kernels", f"entropy kernel, context {r['n']}: materialize-then-reduce ÷ kernel time",
+                       r["materialized_ms"] / r["ours_ms"], target="≥ 2x at 4096", extra=r,
+                       detail=f"{r['ours_ms']:.3f} ms vs {r['materialized_ms']:.3f} ms (SDPA forward "
+                       f"{r['sdpa_ms']:.3f} ms); memory {r['ours_mib']:.1f} vs {r['materialized_mib']:.0f} MiB; "
+                       f"max err {r['max_err']:.1e}"))
+    return out
 
 
 if __name__ == "__main__":

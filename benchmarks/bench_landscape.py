@@ -1,6 +1,7 @@
 """Loss-landscape benchmark: ratios measured side by side in one run.
 
     python benchmarks/bench_landscape.py [--quick] [--threads N] [--rank-threads N]
+    (or as part of: python -m benchmarks)
 
 1. A 21 × 21 filter-normalized random plane (span [−1, 1], 1-D parameters
    zeroed) of a zoo model (LayerNorm, 2 layers, d_model 64, ~137k parameters)
@@ -16,6 +17,10 @@
    arithmetic (one forward per grid point is the floor for any exact method):
    the matmuls alone of one point take about 0.8 ms on a 2-core VM (at ~145
    GFLOP/s), the whole batched forward about 1.7 ms, loss-landscapes about 5.3 ms.
+   Measured here as "the arithmetic floor": the matrix products of one point's
+   forward (QKV, scores, values, output, MLP, unembedding: the model's own
+   shapes, timed alone with torch, median over repeats), against normlens's
+   time per grid point.
 2. The same kind of plane on a larger grid (≥ 20 s on one rank) launched with
    ``torchrun --nproc_per_node 2`` vs ``--nproc_per_node 1`` (gloo, CPU), every
    rank with the same number of threads. Timed inside the workers from a
@@ -23,8 +28,7 @@
    excluded, and reported separately). Target ≥ 1.7×. The two surfaces are
    checked to be identical.
 
-loss-landscapes is a benchmark-only dependency:
-``pip install loss-landscapes==3.0.6``. On a shared machine, timings vary with
+loss-landscapes is a benchmark-only dependency: ``pip install -e ".[bench]"``. On a shared machine, timings vary with
 the other load; every timing is a median of alternating repeats.
 """
 from __future__ import annotations
@@ -45,8 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.results import Row  # noqa: E402
+from benchmarks.timing import median_seconds, seconds  # noqa: E402
 from normlens.losses import logits_loss  # noqa: E402
-from timing import seconds  # noqa: E402  (benchmarks/timing.py)
 
 
 def zoo_model_and_tokens(n_seq: int):
@@ -81,12 +87,41 @@ def loss_landscapes_plane(model, tokens, steps: int):
     return random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
 
 
-def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
+def matmul_products(model, n_seq: int, n_ctx: int = 64):
+    """The matrix products of one grid point's forward, as a function to time, and their FLOPs.
+
+    Per block: x W_QKV (T, d)·(d, 3d), scores Q Kᵀ (B·h, n, d_h)·(B·h, d_h, n), values P V, the
+    output projection (T, d)·(d, d), the MLP (T, d)·(d, d_mlp) and (T, d_mlp)·(d_mlp, d); then the
+    unembedding (T, d)·(d, V); T = B·n tokens.
+    """
+    cfg = model.cfg
+    d, h, d_mlp, vocab = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.d_vocab
+    d_head, tokens = d // h, n_seq * n_ctx
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    x, w_qkv, w_o = r(tokens, d), r(d, 3 * d), r(d, d)
+    w_in, w_out, w_u, hidden = r(d, d_mlp), r(d_mlp, d), r(d, vocab), r(tokens, d_mlp)
+    q, k, pattern = r(n_seq * h, n_ctx, d_head), r(n_seq * h, d_head, n_ctx), r(n_seq * h, n_ctx, n_ctx)
+    v = r(n_seq * h, n_ctx, d_head)
+
+    def products():
+        with torch.no_grad():
+            for _ in range(cfg.n_layers):
+                torch.mm(x, w_qkv), torch.bmm(q, k), torch.bmm(pattern, v), torch.mm(x, w_o)
+                torch.mm(x, w_in), torch.mm(hidden, w_out)
+            torch.mm(x, w_u)
+
+    flops = 2 * (cfg.n_layers * (tokens * d * 3 * d + 2 * n_seq * h * n_ctx * n_ctx * d_head + tokens * d * d
+                                 + 2 * tokens * d * d_mlp) + tokens * d * vocab)
+    return products, flops
+
+
+def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> dict | None:
     try:
         import loss_landscapes  # noqa: F401
     except ImportError:
-        print(f"{label} loss-landscapes is not installed: pip install loss-landscapes==3.0.6 (skipped)")
-        return
+        print(f'{label} loss-landscapes is not installed: pip install -e ".[bench]" (skipped)')
+        return None
     model, tokens = zoo_model_and_tokens(n_seq)
     baseline_model = copy.deepcopy(model)
     with torch.no_grad():
@@ -94,11 +129,14 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
     normlens_plane(model, tokens, 5)  # warm-up (first-call costs of both paths)
     loss_landscapes_plane(baseline_model, tokens, 3)
     normlens_plane(model, tokens, 5, zoo_fast_path=False)
-    ours, generic, theirs, last = [], [], [], {}
-    for _ in range(repeats):  # alternate so all see the same background load
+    products, flops = matmul_products(model, n_seq)
+    products()
+    ours, generic, theirs, floors, last = [], [], [], [], {}
+    for _ in range(repeats):  # alternate so all see the same background load (the matmul floor too)
         ours.append(seconds(lambda: last.update(ours=normlens_plane(model, tokens, 21))))
         generic.append(seconds(lambda: last.update(generic=normlens_plane(model, tokens, 21, False))))
         theirs.append(seconds(lambda: last.update(theirs=loss_landscapes_plane(baseline_model, tokens, 21))))
+        floors.append(median_seconds(products, 5))
     ours_result, theirs_surface = last["ours"], last["theirs"]  # the last timed runs' values
     t_ours, t_theirs, t_generic = statistics.median(ours), statistics.median(theirs), statistics.median(generic)
     path = ours_result.info["forward_path"]
@@ -115,6 +153,20 @@ def bench_plane(repeats: int, n_seq: int = 8, label: str = "1.") -> None:
     print(f"   model's own loss {own_loss:.6f}; normlens f(0,0) {ours_result.center_loss:.6f} "
           f"(|diff| {abs(ours_result.center_loss - own_loss):.1e}); loss-landscapes centre cell "
           f"{theirs_surface[10, 10]:.6f} (|diff| {abs(theirs_surface[10, 10] - own_loss):.1e})")
+    t_floor = statistics.median(floors)
+    floor = {"seconds": t_floor, "flops": flops, "gflops_per_s": flops / t_floor / 1e9}
+    per_point = t_ours / ours_result.loss.size
+    print(f"   per grid point: normlens {per_point * 1e3:.2f} ms, its matmuls alone {floor['seconds'] * 1e3:.2f} ms "
+          f"({floor['gflops_per_s']:.0f} GFLOP/s) -> {per_point / floor['seconds']:.2f}x the arithmetic floor; "
+          f"loss-landscapes {t_theirs / ours_result.loss.size * 1e3:.2f} ms")
+    return {"n_seq": n_seq, "threads": torch.get_num_threads(), "forward_path": path,
+            "normlens_s": t_ours, "normlens_vmap_s": t_generic, "loss_landscapes_s": t_theirs,
+            "speedup": t_theirs / t_ours, "speedup_vmap": t_theirs / t_generic,
+            "max_diff_vmap": max_diff, "own_loss": own_loss, "normlens_center": ours_result.center_loss,
+            "loss_landscapes_center": float(theirs_surface[10, 10]),
+            "per_point_s": per_point, "matmul_floor_s": floor["seconds"], "matmul_gflops_per_s": floor["gflops_per_s"],
+            "floor_ratio": per_point / floor["seconds"],
+            "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def worker(args) -> None:
@@ -147,7 +199,7 @@ def launch(n_proc: int, resolution: int, n_seq: int, threads: int, out: str) -> 
     return data["seconds"], wall, np.load(out + ".npy")
 
 
-def bench_ranks(resolution: int, n_seq: int, threads: int, repeats: int) -> None:
+def bench_ranks(resolution: int, n_seq: int, threads: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         one, two, walls1, walls2 = [], [], [], []
         surfaces = {}
@@ -166,6 +218,46 @@ def bench_ranks(resolution: int, n_seq: int, threads: int, repeats: int) -> None
           f"with start-up included {statistics.median(walls1) / statistics.median(walls2):.2f}x")
     same = np.array_equal(surfaces[1], surfaces[2], equal_nan=True)
     print(f"   surfaces identical: {same}")
+    return {"resolution": resolution, "n_seq": n_seq, "threads_per_rank": threads, "one_rank_s": t1,
+            "two_ranks_s": t2, "speedup": t1 / t2, "one_rank_wall_s": statistics.median(walls1),
+            "two_ranks_wall_s": statistics.median(walls2),
+            "speedup_with_startup": statistics.median(walls1) / statistics.median(walls2), "identical": same}
+
+
+def rows(quick: bool = False, threads: int = 0, rank_threads: int = 1) -> list[Row]:
+    """The landscape comparisons as benchmark rows: 21×21 plane vs loss-landscapes at 1×64 and 8×64
+    tokens, per-point time ÷ the matmul floor, and 2 ranks vs 1."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out: list[Row] = []
+    try:
+        repeats = 3 if quick else 5
+        for n_seq in (1, 8):
+            plane = bench_plane(repeats, n_seq, f"[{n_seq}x64]")
+            if plane is None:
+                out.append(Row("landscape", f"21×21 plane vs loss-landscapes, {n_seq}×64 tokens", None,
+                               detail='skipped: loss-landscapes is not installed (pip install -e ".[bench]")'))
+                continue
+            out += [
+                Row("landscape", f"21×21 plane: loss-landscapes ÷ normlens time, {n_seq}×64 tokens", plane["speedup"],
+                    target="≥ 4x", extra=plane,
+                    detail=f"{plane['normlens_s']:.2f} s vs {plane['loss_landscapes_s']:.2f} s, {plane['threads']} "
+                    f"thread(s), {plane['forward_path']}; generic vmap path {plane['speedup_vmap']:.2f}x; "
+                    f"centre |f(0) − loss| {abs(plane['normlens_center'] - plane['own_loss']):.1e}"),
+                Row("landscape", f"normlens time per grid point ÷ its matmuls alone (arithmetic floor), {n_seq}×64",
+                    plane["floor_ratio"], detail=f"{plane['per_point_s'] * 1e3:.2f} ms vs "
+                    f"{plane['matmul_floor_s'] * 1e3:.2f} ms at {plane['matmul_gflops_per_s']:.0f} GFLOP/s"),
+            ]
+    finally:
+        torch.set_num_threads(previous)
+    resolution, n_seq_ranks = (31, 8) if quick else (61, 16)
+    r = bench_ranks(resolution, n_seq_ranks, rank_threads, 1 if quick else 3)
+    out.append(Row("landscape", f"{resolution}×{resolution} plane, 2 ranks vs 1 (gloo, {rank_threads} thread per rank)",
+                   r["speedup"], target="≥ 1.7x", extra=r,
+                   detail=f"{r['one_rank_s']:.1f} s vs {r['two_ranks_s']:.1f} s between barriers; with process "
+                   f"start-up {r['speedup_with_startup']:.2f}x; surfaces identical: {r['identical']}"))
+    return out
 
 
 def main() -> None:

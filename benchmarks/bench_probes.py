@@ -1,13 +1,14 @@
 """Probes benchmark: time and peak-memory ratios measured side by side in one run.
 
-    python benchmarks/bench_probes.py [--quick] [--train-step]
+    python benchmarks/bench_probes.py [--quick] [--train-step]     (or as part of: python -m benchmarks)
 
 1. Forward with all activation-statistics probes attached vs a plain forward
    (zoo model, 4 layers, width 256, 16 x 256 tokens, CPU, no_grad). Median of
    several alternating runs. Target <= 1.3x.
-2. Context 1024 (4 x 1024 tokens): probes vs ``run_with_cache`` followed by the
-   same statistics computed from the cache. Time ratio (target <= 1) and
-   additional peak memory over a plain forward (target >= 10x less).
+2. Context 1024 (4 x 1024 tokens): plain forward, probes, and ``run_with_cache``
+   followed by the same statistics computed from the cache. Time ratios
+   (target: probes <= run_with_cache) and additional peak memory over a plain
+   forward (target: run_with_cache needs >= 10x more).
 3. Attention entropy from q and k at context 4096 (1 sequence, 4 heads, d_head
    64): peak memory of the block-wise computation vs materializing the pattern
    and reducing it (target <= 1/16), and the largest difference in entropy.
@@ -22,7 +23,8 @@ cache is shared) that builds its inputs, records its peak resident set size
 by writing 5 to /proc/self/clear_refs just before), runs the operation once and
 records the peak again; the difference is the operation's peak
 additional memory. "Additional over a plain forward" subtracts the plain
-forward's own difference measured the same way.
+forward's own difference measured the same way. The children's entropies come
+back through files in a temporary folder.
 """
 from __future__ import annotations
 
@@ -32,19 +34,22 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 import normlens  # noqa: E402
-from timing import median_seconds, seconds  # noqa: E402  (benchmarks/timing.py)
-from normlens.probes.attach import attach  # noqa: E402
+from benchmarks.results import Row  # noqa: E402
+from benchmarks.timing import alternating_medians  # noqa: E402
+from normlens.probes.attach import attach, model_info  # noqa: E402
 from normlens.probes.attention import attention_entropy, pattern_entropy  # noqa: E402
 from normlens.probes.stats import ActivationStatsProbe, default_stat_sites  # noqa: E402
-from normlens.probes.attach import model_info  # noqa: E402
 
 
 def _reset_peak() -> None:
@@ -93,8 +98,8 @@ def _plain(model, tokens):
         model(tokens)
 
 
-def child(mode: str) -> dict:
-    """One memory measurement in this (fresh) process."""
+def child(mode: str, save: str | None = None) -> dict:
+    """One memory measurement in this (fresh) process; entropies are saved to ``save``."""
     if mode.startswith("entropy"):
         g = torch.Generator().manual_seed(0)
         q, k = (torch.randn(1, 4096, 4, 64, generator=g) for _ in range(2))
@@ -107,7 +112,8 @@ def child(mode: str) -> dict:
             s = s.masked_fill(torch.triu(torch.ones(4096, 4096, dtype=torch.bool), 1), float("-inf"))
             ent = pattern_entropy(torch.softmax(s, -1)).entropy
         after = _peak_kb()
-        torch.save(ent, "/tmp/_bench_probes_entropy_%s.pt" % mode)
+        if save:
+            torch.save(ent, save)
         return {"peak_mb": (after - before) / 1024}
     model, tokens = _model(1024), _tokens(4, 1024)
     # warm-up on 4 x 64 tokens: the bridge registers its own hooks on first use, and the probe's
@@ -187,63 +193,101 @@ def bench_train_step_after_probes(n_busy: int = 3, n_layers: int = 8, d_model: i
     return result
 
 
-def _run_child(mode: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True, check=True)
+def _run_child(mode: str, save: str | None = None) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode] + (["--save", save] if save else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-
-
-def main(quick: bool = False) -> None:
-    repeats = 3 if quick else 7
-    # 1. overhead at 16 x 256
+def bench_overhead(repeats: int) -> dict:
+    """[1] forward with statistics probes / plain forward at 16 x 256, then the cost of result()."""
     model, tokens = _model(256), _tokens(16, 256)
-    _plain(model, tokens)
-    plain, probed, results = [], [], []
-    for _ in range(repeats):  # alternate so load from other processes hits both alike
-        plain.append(median_seconds(lambda: _plain(model, tokens), 1))
-        probe = None
+    last = {}
+    times = alternating_medians({
+        "plain": lambda: _plain(model, tokens),
+        "probes": lambda: last.update(probe=_with_probes(model, tokens)),
+        "result": lambda: last["probe"].result(),
+    }, repeats)
+    return {"plain_s": times["plain"], "probes_s": times["probes"], "result_s": times["result"],
+            "ratio": times["probes"] / times["plain"],
+            "ratio_with_result": (times["probes"] + times["result"]) / times["plain"]}
 
-        def forward():
-            nonlocal probe
-            probe = _with_probes(model, tokens)
 
-        probed.append(seconds(forward))
-        results.append(median_seconds(probe.result, 1))
-    t_plain, t_probe, t_result = (statistics.median(t) for t in (plain, probed, results))
-    print(f"[1] forward with statistics probes / plain forward (16x256, 4L, d256): "
-          f"{t_probe / t_plain:.2f}x  ({t_probe * 1e3:.0f} ms vs {t_plain * 1e3:.0f} ms; target <= 1.3x)")
-    print(f"    then probe.result() once (position-0 rows, moments, tables): {t_result * 1e3:.0f} ms; "
-          f"forward + result / plain: {(t_probe + t_result) / t_plain:.2f}x")
-
-    # 2. context 1024: time and memory vs run_with_cache + statistics from the cache
+def bench_context_1024(repeats: int, memory_repeats: int = 3) -> dict:
+    """[2] plain forward, probes and run_with_cache + statistics at 4 x 1024: time and added peak memory."""
     model, tokens = _model(1024), _tokens(4, 1024)
-    _plain(model, tokens[:, :8])
-    _with_probes(model, tokens[:, :8], True)
-    _stats_from_cache(model, tokens[:, :8])
-    cached, probed = [], []
-    for _ in range(repeats):  # alternating, as in [1]
-        cached.append(median_seconds(lambda: _stats_from_cache(model, tokens), 1))
-        probed.append(median_seconds(lambda: _with_probes(model, tokens, True), 1))
-    t_cache, t_probe = statistics.median(cached), statistics.median(probed)
-    # median of 3 fresh processes per mode: the peak RSS of one run varies by ~+-20 MB
-    mem = {mode: statistics.median(_run_child(mode)["peak_mb"] for _ in range(3))
+    times = alternating_medians({
+        "plain": lambda: _plain(model, tokens),
+        "probes": lambda: _with_probes(model, tokens, True),
+        "cache": lambda: _stats_from_cache(model, tokens),
+    }, repeats)
+    # median of fresh processes per mode: the peak RSS of one run varies by ~+-20 MB
+    mem = {mode: statistics.median(_run_child(mode)["peak_mb"] for _ in range(memory_repeats))
            for mode in ("plain", "probes", "cache")}
     extra_probe = max(mem["probes"] - mem["plain"], 0.0)
     extra_cache = mem["cache"] - mem["plain"]
-    print(f"[2] context 1024 (4x1024): probes / (run_with_cache + stats) time: {t_probe / t_cache:.2f}x "
-          f"({t_probe * 1e3:.0f} ms vs {t_cache * 1e3:.0f} ms; target <= 1)")
-    print(f"    additional peak memory over a plain forward ({mem['plain']:.0f} MB): probes {extra_probe:.1f} MB, "
-          f"run_with_cache {extra_cache:.0f} MB -> {extra_cache / max(extra_probe, 1.0):.0f}x less "
-          f"(probe extra floored at 1 MB; target >= 10x)")
+    return {"plain_s": times["plain"], "probes_s": times["probes"], "cache_s": times["cache"],
+            "probes_over_plain": times["probes"] / times["plain"],
+            "cache_over_plain": times["cache"] / times["plain"],
+            "probes_over_cache": times["probes"] / times["cache"],
+            "plain_mb": mem["plain"], "probes_extra_mb": extra_probe, "cache_extra_mb": extra_cache,
+            "memory_ratio": extra_cache / max(extra_probe, 1.0)}
 
-    # 3. entropy at context 4096
-    qk, pat = _run_child("entropy_qk"), _run_child("entropy_pattern")
-    a = torch.load("/tmp/_bench_probes_entropy_entropy_qk.pt")
-    b = torch.load("/tmp/_bench_probes_entropy_entropy_pattern.pt")
-    print(f"[3] attention entropy at context 4096: peak memory q/k block-wise {qk['peak_mb']:.1f} MB vs pattern "
-          f"{pat['peak_mb']:.0f} MB -> ratio 1/{pat['peak_mb'] / max(qk['peak_mb'], 0.1):.0f} (target <= 1/16); "
-          f"max |dH| = {float((a - b).abs().max()):.2e}")
+
+def bench_entropy_memory() -> dict:
+    """[3] attention entropy at context 4096: block-wise from q/k vs the materialized pattern."""
+    with tempfile.TemporaryDirectory(prefix="normlens-bench-") as tmp:
+        qk = _run_child("entropy_qk", f"{tmp}/qk.pt")
+        pat = _run_child("entropy_pattern", f"{tmp}/pattern.pt")
+        a, b = torch.load(f"{tmp}/qk.pt"), torch.load(f"{tmp}/pattern.pt")
+    return {"qk_mb": qk["peak_mb"], "pattern_mb": pat["peak_mb"],
+            "ratio": pat["peak_mb"] / max(qk["peak_mb"], 0.1), "max_abs_diff": float((a - b).abs().max())}
+
+
+def rows(quick: bool = False) -> list[Row]:
+    """Every probes comparison as benchmark rows (for ``python -m benchmarks``)."""
+    repeats = 3 if quick else 7
+    o = bench_overhead(repeats)
+    c = bench_context_1024(repeats, 1 if quick else 3)
+    e = bench_entropy_memory()
+    return [
+        Row("probes", "forward with statistics probes ÷ plain forward (16×256, 4 layers, d 256)", o["ratio"],
+            target="≤ 1.3x", detail=f"{o['probes_s'] * 1e3:.0f} ms vs {o['plain_s'] * 1e3:.0f} ms; then result() "
+            f"{o['result_s'] * 1e3:.0f} ms (forward + result ÷ plain {o['ratio_with_result']:.2f}x)", extra=o),
+        Row("probes", "probes ÷ plain forward (4×1024)", c["probes_over_plain"],
+            detail=f"{c['probes_s'] * 1e3:.0f} ms vs {c['plain_s'] * 1e3:.0f} ms", extra=c),
+        Row("probes", "run_with_cache + statistics ÷ plain forward (4×1024)", c["cache_over_plain"],
+            detail=f"{c['cache_s'] * 1e3:.0f} ms"),
+        Row("probes", "probes ÷ (run_with_cache + statistics), time (4×1024)", c["probes_over_cache"], target="≤ 1x"),
+        Row("probes", "added peak memory over a plain forward: probes (4×1024)", c["probes_extra_mb"], "MB",
+            detail=f"plain forward itself {c['plain_mb']:.0f} MB"),
+        Row("probes", "added peak memory over a plain forward: run_with_cache (4×1024)", c["cache_extra_mb"], "MB"),
+        Row("probes", "run_with_cache added memory ÷ probes added memory (4×1024)", c["memory_ratio"],
+            target="≥ 10x", detail="probe extra floored at 1 MB"),
+        Row("probes", "attention entropy at context 4096: pattern peak ÷ block-wise q/k peak", e["ratio"],
+            target="≥ 16x", detail=f"{e['qk_mb']:.1f} MB vs {e['pattern_mb']:.0f} MB; max |ΔH| "
+            f"{e['max_abs_diff']:.1e}", extra=e),
+    ]
+
+
+def train_step_rows(quick: bool = False) -> list[Row]:
+    """[4] as benchmark rows (for ``python -m benchmarks``)."""
+    r = bench_train_step_after_probes(repeats=3 if quick else 5)
+    detail = (f"{r['shape']}, {r['n_busy']} busy processes beside it; {r['step_before_s'] * 1e3:.0f} → "
+              f"{r['step_after_s'] * 1e3:.0f} ms per step; torch threads {r['torch_threads_before']} → "
+              f"{r['torch_threads_after']}")
+    return [
+        Row("train_step", "training step after the probe ÷ before, under contention (wall)", r["ratio"],
+            target="≤ 1.05x", detail=detail, extra=r),
+        Row("train_step", "training step after the probe ÷ before, CPU time", r["cpu_ratio"], target="≤ 1.05x",
+            detail=f"{r['cpu_before_s']:.2f} → {r['cpu_after_s']:.2f} CPU-s per step"),
+    ]
+
+
+def main(quick: bool = False, train_step_only: bool = False) -> None:
+    found = train_step_rows(quick) if train_step_only else rows(quick) + train_step_rows(quick)
+    for row in found:
+        print(f"{row.name}: {row.shown()}  {row.target}  {row.detail}")
 
     # 4. a training step after the probe / before, under contention
     r = bench_train_step_after_probes(repeats=3 if quick else 5)
@@ -257,11 +301,9 @@ def main(quick: bool = False) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child" and sys.argv[2] == "train_step":
         print(json.dumps(_train_step_child(*json.loads(sys.argv[3]))))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--child":
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--child":
         torch.set_num_threads(1)
-        print(json.dumps(child(sys.argv[2])))
+        save = sys.argv[sys.argv.index("--save") + 1] if "--save" in sys.argv else None
+        print(json.dumps(child(sys.argv[2], save)))
     else:
-        if "--train-step" in sys.argv:  # only [4]
-            print(json.dumps(bench_train_step_after_probes(repeats=3 if "--quick" in sys.argv else 5)))
-        else:
-            main(quick="--quick" in sys.argv)
+        main(quick="--quick" in sys.argv, train_step_only="--train-step" in sys.argv)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import torch
 import torch.nn as nn
 
-from normlens.sites import clean_name, is_norm_module
+from normlens.sites import ATTN_PARAMS, MLP_PARAMS, clean_name, is_norm_module, layer_params
 
 ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
 
@@ -66,8 +66,8 @@ _PRESETS: dict[str, Callable[[ParamInfo], bool]] = {
     "all": lambda info: True,
     "norms": lambda info: info.in_norm,
     "weights": lambda info: len(info.shape) >= 2,
-    "attn": lambda info: any(re.search(r"(^|\.)attn\.", a) for a in info.aliases),
-    "mlp": lambda info: any(re.search(r"(^|\.)mlp\.", a) for a in info.aliases),
+    "attn": lambda info: any(re.search(ATTN_PARAMS, a) for a in info.aliases),
+    "mlp": lambda info: any(re.search(MLP_PARAMS, a) for a in info.aliases),
 }
 
 PRESETS = tuple(_PRESETS)
@@ -75,7 +75,7 @@ PRESETS = tuple(_PRESETS)
 
 def layer_pattern(layer: int) -> str:
     """Regex selecting every parameter of block ``layer``."""
-    return rf"^blocks\.{layer}\."
+    return layer_params(layer)
 
 
 def select_parameters(model: nn.Module, params: ParamSelector = None, *,

@@ -1,19 +1,80 @@
 """The one place that builds activation (hook) names, and tells what a site is.
 
 Names are TransformerLens's canonical ones, so they work on zoo models and on
-any TransformerLens bridge. Nothing else in normlens spells a hook name.
+any TransformerLens bridge. Nothing else in normlens spells a hook name, a norm
+slot or a parameter-name pattern of the block layout.
 """
 from __future__ import annotations
 
+import re
+
 import torch.nn as nn
+
+FINAL_NORM = "ln_final"
+"""Slot (module path) of the norm after the last block."""
+
+
+def block(layer: int) -> str:
+    """Module path of block ``layer``: block(3) -> "blocks.3"."""
+    return f"blocks.{layer}"
+
+
+def ln1(layer: int) -> str:
+    """Slot of the norm before attention (Pre-LN) or after it (Post-LN): "blocks.{l}.ln1"."""
+    return f"{block(layer)}.ln1"
+
+
+def ln2(layer: int) -> str:
+    """Slot of the norm before the MLP (Pre-LN) or after it (Post-LN): "blocks.{l}.ln2"."""
+    return f"{block(layer)}.ln2"
+
+
+BLOCK_NORM_NAMES = ("ln1", "ln2")
+"""Attribute names of the two norm slots inside a block (ln1(l) == f"blocks.{l}.{BLOCK_NORM_NAMES[0]}")."""
 
 
 def norm_slots(n_layers: int) -> list[str]:
-    """Module paths of every norm slot, in forward order."""
+    """Module paths of every norm slot, in forward order.
+
+    >>> norm_slots(1)
+    ['blocks.0.ln1', 'blocks.0.ln2', 'ln_final']
+    """
     slots = []
     for layer in range(n_layers):
-        slots += [f"blocks.{layer}.ln1", f"blocks.{layer}.ln2"]
-    return slots + ["ln_final"]
+        slots += [ln1(layer), ln2(layer)]
+    return slots + [FINAL_NORM]
+
+
+# --- parameter-name patterns (regular expressions over TransformerLens names) ---
+
+def layer_params(layer: int) -> str:
+    """Regex selecting every parameter of block ``layer``.
+
+    >>> bool(re.search(layer_params(1), "blocks.1.attn.W_Q")), bool(re.search(layer_params(1), "blocks.10.mlp.W_in"))
+    (True, False)
+    """
+    return rf"^{re.escape(block(layer))}\."
+
+
+ATTN_PARAMS = r"(^|\.)attn\."
+"""Regex found in the name of every attention parameter (any layout that names it ``attn``)."""
+
+MLP_PARAMS = r"(^|\.)mlp\."
+"""Regex found in the name of every MLP parameter."""
+
+
+def block_param_groups(n_layers: int) -> dict[str, str]:
+    """Block label -> regex over parameter names: embeddings, attn / mlp / norms of each layer,
+    the final norm and the unembedding, in forward order."""
+    groups = {"embed": r"^(embed|pos_embed)\."}
+    for layer in range(n_layers):
+        prefix = re.escape(block(layer))
+        groups[f"{block(layer)}.attn"] = rf"^{prefix}\.attn\."
+        groups[f"{block(layer)}.mlp"] = rf"^{prefix}\.mlp\."
+        groups[f"{block(layer)}.norms"] = rf"^{prefix}\.(?:{'|'.join(BLOCK_NORM_NAMES)})\."
+    groups[FINAL_NORM] = rf"^{FINAL_NORM}\."
+    groups["unembed"] = r"^unembed\."
+    return groups
 
 
 def norm_hook(slot: str, hook: str) -> str:

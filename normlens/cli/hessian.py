@@ -6,6 +6,7 @@ then report.html and PNG plots rendered from those files (``normlens report OUT`
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from normlens.curvature.blocks import compute_block_spectra, transformer_blocks
 from normlens.curvature.density import estimate_density
 from normlens.hygiene import preserved_state
-from normlens.curvature.lanczos import WHICH, compute_eigenpairs
+from normlens.curvature.lanczos import WHICH, compute_eigenpairs, plan_eigenpairs
 from normlens.curvature.operators import METHODS, HessianOperator
 from normlens.curvature.trace import estimate_trace
 from normlens.curvature.weight_spectra import compute_weight_spectra
@@ -97,6 +98,30 @@ def run_hessian(
     return sections[0]
 
 
+DEFAULT_N_CTX = 64  # tokens per sequence when --n-ctx is 0 (curvature costs grow with the batch)
+MIN_TRACE_MATVECS = 4  # Hutch++ with m products: 2·⌊m/3⌋ for the sketch, the rest (>= 2) for the error
+HESSIAN_OUTPUT_BYTES = 32 << 20  # npz files, PNGs and the report, before the eigenvectors
+
+
+def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: str, out: Path) -> None:
+    """Refuse --k before any product when it exceeds the parameters, the memory of the Lanczos basis
+    (planned as :func:`compute_eigenpairs` will allocate it) or the disk space of the saved eigenvectors."""
+    from normlens.cli.common import check_free_space
+    from normlens.curvature.memory import check_plan
+    from normlens.parameters import select_parameters
+
+    selected = select_parameters(model, params)
+    n = sum(math.prod(info.shape) for info in selected)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    k_total = 2 * k if which == "both" else k
+    if k_total >= n:
+        raise ValueError(f"--k {k} asks for {k_total} eigenpairs of a Hessian over {n} parameters; "
+                         f"use --k < {n // 2 if which == 'both' else n}")
+    check_plan(plan_eigenpairs(n, k, which=which, dtype=dtype, device=device), log=False)
+    check_free_space(out, HESSIAN_OUTPUT_BYTES + 8 * n * k_total)
+
+
 def register(app) -> None:
     """Add the `hessian` command to the normlens typer app."""
     import typer
@@ -109,29 +134,41 @@ def register(app) -> None:
         which: str = typer.Option("largest", help=f"Spectrum end: {', '.join(WHICH)}."),
         params: Optional[str] = typer.Option(None, help="Parameter subset: all, norms, weights, attn, mlp, or a name regex."),
         n_seq: int = typer.Option(8, help="Held-out sequences in the batch."),
-        n_ctx: int = typer.Option(64, help="Tokens per sequence."),
+        n_ctx: int = typer.Option(0, help=f"Tokens per sequence (0: the model's context, at most {DEFAULT_N_CTX})."),
         method: str = typer.Option("auto", help=f"HVP method: {', '.join(METHODS)}."),
-        trace_matvecs: int = typer.Option(30, help="Products for the Hutch++ trace."),
+        trace_matvecs: int = typer.Option(30, help=f"Products for the Hutch++ trace (>= {MIN_TRACE_MATVECS})."),
         density_probes: int = typer.Option(2, help="SLQ probes."),
         density_steps: int = typer.Option(40, help="Lanczos steps per SLQ probe."),
         blocks: bool = typer.Option(True, help="Per-block top eigenvalues."),
         seed: int = typer.Option(0, help="Seed of every random vector and the data windows."),
     ) -> None:
         """Hessian spectra (top-k, trace, density, per-block, weight ESDs) of a model."""
-        from normlens.cli.common import run_or_exit
+        from normlens.cli.common import check_output_folder, run_or_exit
 
         def job() -> ReportSection:
             if which not in WHICH:
                 raise ValueError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
             if method not in METHODS:
                 raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-            if k < 1 or n_seq < 1 or n_ctx < 2:
-                raise ValueError(f"--k and --n-seq must be >= 1 and --n-ctx >= 2, got {k}, {n_seq}, {n_ctx}")
+            if k < 1 or n_seq < 1 or n_ctx == 1 or n_ctx < 0:
+                raise ValueError(f"--k and --n-seq must be >= 1 and --n-ctx >= 2 (or 0), got {k}, {n_seq}, {n_ctx}")
+            if trace_matvecs < MIN_TRACE_MATVECS:
+                raise ValueError(
+                    f"--trace-matvecs must be at least {MIN_TRACE_MATVECS}, got {trace_matvecs}: Hutch++ spends "
+                    "2·⌊m/3⌋ products on its sketch and needs 2 more for an error estimate")
+            if density_probes < 1 or density_steps < 2:
+                raise ValueError(f"--density-probes must be >= 1 and --density-steps >= 2, "
+                                 f"got {density_probes}, {density_steps}")
+            check_output_folder(out, HESSIAN_OUTPUT_BYTES)
             from normlens.data import corpus_for_model, eval_windows
             from normlens.models.loading import load_model
 
             model = load_model(spec)
-            ctx = min(n_ctx, getattr(getattr(model, "cfg", None), "n_ctx", n_ctx))
+            model_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", n_ctx or DEFAULT_N_CTX))
+            ctx = n_ctx or min(DEFAULT_N_CTX, model_ctx)
+            if not 2 <= ctx <= model_ctx:
+                raise ValueError(f"--n-ctx {ctx} must lie in 2..{model_ctx} for this model")
+            check_eigen_budget(model, params, k, which, out)
             tokens = eval_windows(corpus_for_model(model, seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
             return run_hessian(model, tokens, out, name=spec, k=k, which=which, params=params,
                                method=method, trace_matvecs=trace_matvecs,

@@ -12,6 +12,7 @@ import typer
 from tqdm.auto import tqdm
 
 AXES = ("random", "hessian", "pca", "interpolate")
+LANDSCAPE_OUTPUT_BYTES = 32 << 20  # surface, grid, metrics, PNGs and the report, before the directions
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -153,11 +154,11 @@ def register(app: typer.Typer) -> None:
         n_seq: int = typer.Option(16, "--n-seq", help="evaluation sequences"),
         n_ctx: int = typer.Option(0, "--n-ctx", help="tokens per sequence (0: the model's context)"),
         log_scale: bool = typer.Option(False, "--log-scale", help="log colour/y scale"),
-        memory_mb: int = typer.Option(128, "--memory-mb", help="memory bound for batched evaluation"),
+        memory_mb: int = typer.Option(128, "--memory-mb", help="memory bound for batched evaluation, MB (>= 1)"),
         accuracy: bool = typer.Option(False, "--accuracy", help="also record next-token accuracy per cell"),
     ) -> None:
         """Loss landscape: filter-normalized random, Hessian, PCA or interpolation axes."""
-        from normlens.cli.common import run_or_exit
+        from normlens.cli.common import check_free_space, check_output_file, check_output_folder, run_or_exit
 
         def job() -> Path:
             from normlens.data import corpus_for_model, eval_windows
@@ -166,8 +167,15 @@ def register(app: typer.Typer) -> None:
 
             if n_seq < 1:
                 raise ValueError(f"--n-seq must be at least 1 (the evaluation set is empty), got {n_seq}")
+            if memory_mb < 1:
+                raise ValueError(f"--memory-mb must be at least 1 (MB for the batched evaluation), got {memory_mb}")
+            check_output_folder(out, LANDSCAPE_OUTPUT_BYTES)
+            if grid_file is not None:
+                check_output_file(grid_file, LANDSCAPE_OUTPUT_BYTES, option="--grid-file")
             init_from_env()
             model = load_model(spec).eval()
+            # the saved directions: dims float32 vectors of the model's size
+            check_free_space(out, LANDSCAPE_OUTPUT_BYTES + 4 * dims * sum(p.numel() for p in model.parameters()))
             ctx = n_ctx or int(model.cfg.n_ctx)
             if not 2 <= ctx <= model.cfg.n_ctx:
                 raise ValueError(f"--n-ctx {ctx} must lie in 2..{model.cfg.n_ctx} for this model")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import typer
 
+PROBE_OUTPUT_BYTES = 32 << 20  # tables, arrays and a report with embedded figures: a few MB
+
 
 def probe_model(model, tokens, out: Path, seed: int = 0, name: str = "model") -> Path:
     """Run the probe suite on ``model``; write its data (Parquet/NPZ/JSON), ``manifest.json`` and
@@ -39,12 +41,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed for data windows and sampling"),
     ) -> None:
         """Probe a model: activation statistics, attention entropy, layer effectiveness, linear probes."""
-        from normlens.cli.common import run_or_exit
+        from normlens.cli.common import check_output_folder, run_or_exit
 
         def job() -> Path:
             from normlens.data import corpus_for_model, eval_windows
             from normlens.models.loading import load_model
 
+            check_output_folder(out, PROBE_OUTPUT_BYTES)
             model = load_model(spec)
             ctx = n_ctx or int(model.cfg.n_ctx)
             if ctx > model.cfg.n_ctx or ctx < 2:

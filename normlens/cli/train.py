@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from normlens.cli.common import run_or_exit
+from normlens.cli.common import check_free_space, check_output_folder, run_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +43,7 @@ def train_command(
     def job() -> None:
         from normlens.data import load_corpus
         from normlens.models import ZooConfig, build_model
+        from normlens.models.checks import count_config_parameters
         from normlens.train import TrainConfig, train
         from normlens.train_probes import default_training_probes
 
@@ -56,6 +57,8 @@ def train_command(
         except ValueError:
             raise ValueError(f"--keep-checkpoints {keep!r} is not a comma-separated list of steps, "
                              "e.g. 0,100,300") from None
+        # float32 weights and two Adam moments, written beside the previous state: 6 copies
+        check_output_folder(out, (16 << 20) + 24 * count_config_parameters(config))
         splits = load_corpus(data, seed=split_seed)
         result = train(build_model(config), splits, train_config, name=norm, checkpoint_dir=out,
                        probes=default_training_probes() if probes else (), every=probe_every,
@@ -83,7 +86,9 @@ def remove_ln_command(
         from normlens.models.ln_removal import LNRemovalConfig, is_zoo_model, remove_layernorm
         from normlens.models.loading import load_model
 
+        check_output_folder(out, 16 << 20)
         model = load_model(str(checkpoint))
+        check_free_space(out, (16 << 20) + 8 * sum(p.numel() for p in model.parameters()))
         removed, result = remove_layernorm(model, corpus_for_model(model, data, seed=seed), LNRemovalConfig(seed=seed))
         if is_zoo_model(removed):
             save_checkpoint(removed, out)

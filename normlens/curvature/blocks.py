@@ -17,18 +17,12 @@ from normlens.curvature.lanczos import compute_eigenpairs
 from normlens.curvature.operators import HessianOperator, LossFn, _as_batches
 from normlens.curvature.results import BlockSpectrumResult
 from normlens.parameters import check_finite_weights, describe_exclusion, find_unused_parameters, select_parameters
+from normlens.sites import block_param_groups
 
 
 def transformer_blocks(n_layers: int) -> dict[str, str]:
     """Block label -> regex over TransformerLens parameter names (attn, mlp, norms per layer)."""
-    blocks = {"embed": r"^(embed|pos_embed)\."}
-    for layer in range(n_layers):
-        blocks[f"blocks.{layer}.attn"] = rf"^blocks\.{layer}\.attn\."
-        blocks[f"blocks.{layer}.mlp"] = rf"^blocks\.{layer}\.mlp\."
-        blocks[f"blocks.{layer}.norms"] = rf"^blocks\.{layer}\.ln[12]\."
-    blocks["ln_final"] = r"^ln_final\."
-    blocks["unembed"] = r"^unembed\."
-    return blocks
+    return block_param_groups(n_layers)
 
 
 def compute_block_spectra(

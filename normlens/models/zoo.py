@@ -24,6 +24,7 @@ from transformer_lens.model_bridge.sources.native.model import NativeModel
 from normlens.models.checks import check_memory
 from normlens.models.config import ZooConfig
 from normlens.models.norms import FrozenStdLayerNorm, attach_value_path, build_norm
+from normlens import sites
 from normlens.sites import norm_slots
 
 # TransformerLens's config value per norm kind: tools that branch on it (logit
@@ -129,9 +130,9 @@ def _norm_for_slot(config: ZooConfig, slot: str, layer: int | None) -> nn.Module
 
 def _swap_norm_bridges(adapter) -> None:
     mapping = adapter.component_mapping
-    mapping["ln_final"] = ZooNormBridge(name="ln_out", config=adapter.cfg)
+    mapping[sites.FINAL_NORM] = ZooNormBridge(name="ln_out", config=adapter.cfg)
     block_submodules = mapping["blocks"].submodules
-    for slot in ("ln1", "ln2"):
+    for slot in sites.BLOCK_NORM_NAMES:
         block_submodules[slot] = ZooNormBridge(name=slot, config=adapter.cfg)
 
 
@@ -165,10 +166,10 @@ def build_model(config: ZooConfig | None = None, **overrides) -> TransformerBrid
             config.block_placement(layer),
             attn=block.attn,
             mlp=block.mlp,
-            ln1=_norm_for_slot(config, f"blocks.{layer}.ln1", layer),
-            ln2=_norm_for_slot(config, f"blocks.{layer}.ln2", layer),
+            ln1=_norm_for_slot(config, sites.ln1(layer), layer),
+            ln2=_norm_for_slot(config, sites.ln2(layer), layer),
         )
-    native.ln_out = _norm_for_slot(config, "ln_final", None)
+    native.ln_out = _norm_for_slot(config, sites.FINAL_NORM, None)
     bridge = build_bridge_from_module(
         native,
         "TransformerLensNative",

@@ -220,12 +220,6 @@ class ActivationStatsResult:
                              "group": group, **g.summary()})
         return pd.DataFrame(rows)
 
-    def channel_frame(self, site: str, group: str = "body") -> pd.DataFrame:
-        """Per-channel mean and variance of one site (outlier dimensions)."""
-        ch = self.stats[site][group].channel
-        return pd.DataFrame({"channel": np.arange(ch.mean.numel()), "mean": ch.mean.numpy(),
-                             "variance": ch.variance().numpy(), "excess_kurtosis": ch.excess_kurtosis().numpy()})
-
     def merge(self, other: "ActivationStatsResult") -> "ActivationStatsResult":
         """Exact merge of results from disjoint data (other batches or processes)."""
         if self.sites != other.sites:

@@ -13,7 +13,7 @@ from normlens.kernels.online_entropy import blockwise_attention_entropy, compute
 
 
 def _qk(b, h, n, d, dtype, seed=0, n_k=None):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     q = (torch.randn(b, h, n, d, generator=g) * 1.5).to(dtype)
     k = (torch.randn(b, h, n_k or n, d, generator=g) * 1.5).to(dtype)
     return q, k
@@ -94,7 +94,7 @@ def test_large_scores_do_not_cancel():
 
 
 def test_strided_inputs_rectangular_and_small_blocks():
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(torch.get_default_device()).manual_seed(5)
     # (batch, pos, head, d_head) storage seen as (batch, head, pos, d_head): non-contiguous
     q = torch.randn(2, 33, 3, 20, generator=g).transpose(1, 2)
     k = torch.randn(2, 47, 3, 20, generator=g).transpose(1, 2)

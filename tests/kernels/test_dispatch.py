@@ -15,6 +15,8 @@ import normlens
 from normlens.kernels import dispatch, fused_enabled, use_fused
 from normlens.models import DyT, LayerNorm, NoNorm, RMSNorm, norm_modules
 
+pytestmark = pytest.mark.cpu_only  # dispatch decisions on CPU tensors (see tests/kernels/conftest.py)
+
 
 @pytest.fixture
 def fused_on():

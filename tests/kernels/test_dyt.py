@@ -20,7 +20,7 @@ needs_gpu = pytest.mark.skipif(
 
 
 def _inputs(shape, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     n = shape[-1]
     # scores spanning the tanh's linear part, its knee and saturation (and tiny |alpha·x|)
     x = (torch.randn(shape, generator=g) * 3.0).to(dtype)
@@ -86,7 +86,7 @@ def test_row_groups_backward_is_deterministic():
 
 
 def test_non_contiguous_input_and_double_backward():
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     x = torch.randn(40, 5, generator=g).t()  # (5, 40), column stride 5
     a, w, b = torch.tensor(0.5), torch.randn(40, generator=g), torch.randn(40, generator=g)
     dy = torch.randn(5, 40, generator=g)

@@ -24,7 +24,7 @@ needs_gpu = pytest.mark.skipif(
 
 
 def _inputs(shape, dtype, seed=0, offset=1.5):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     n = shape[-1]
     x = (torch.randn(shape, generator=g) * 2.0 + offset).to(dtype)
     w = (1.0 + 0.5 * torch.randn(n, generator=g)).to(dtype)
@@ -143,7 +143,7 @@ def test_parameter_gradients_are_deterministic():
 
 @pytest.mark.parametrize("layout", ["transposed", "column_slice", "permuted_3d", "expanded_dy"])
 def test_non_contiguous_inputs(layout):
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(torch.get_default_device()).manual_seed(5)
     n = 257
     w = torch.randn(n, generator=g)
     b = torch.randn(n, generator=g)
@@ -171,7 +171,7 @@ def test_non_contiguous_inputs(layout):
 def test_gradients_through_statistics_and_double_backward():
     """rstd/mean are differentiable outputs; create_graph=True gives exact second derivatives."""
     x, w, b, _ = _inputs((4, 33), torch.float32, seed=6)
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator(torch.get_default_device()).manual_seed(7)
     v = torch.randn(x.shape, generator=g)
 
     def loss(fn, x_, w_, b_):
@@ -194,6 +194,7 @@ def test_gradients_through_statistics_and_double_backward():
         torch.testing.assert_close(a.double(), c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cpu_only
 def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):

@@ -12,7 +12,7 @@ TOL = dict(rtol=1e-12, atol=1e-12)
 
 
 def _inputs(shape=(4, 6, 37), seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     n = shape[-1]
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0 + 0.7
     w = 1.0 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
@@ -48,7 +48,7 @@ def test_dyt_matches_its_definition():
 
 
 def test_attention_entropy_matches_explicit_causal_softmax():
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     batch, heads, n, d_head = 2, 3, 9, 8
     q = torch.randn(batch, heads, n, d_head, generator=g, dtype=torch.float64) * 2.0
     k = torch.randn(batch, heads, n, d_head, generator=g, dtype=torch.float64) * 2.0

@@ -30,6 +30,11 @@ from normlens.report.sections._common import one_axis, short_label, short_labels
 DATA = "summary.json"
 
 
+
+def _plus_minus(std_error: float) -> str:
+    """" ± 0.12", or " (no error estimate)" when the estimator could not give one (NaN)."""
+    return f" ± {std_error:.2g}" if math.isfinite(std_error) else " (no error estimate)"
+
 def render_hessian_models(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     folder = Path(folder)
     data = read_json(folder / DATA)
@@ -111,7 +116,7 @@ def render_hessian_model(folder: Path, options: Mapping[str, Any]) -> ReportSect
     n_params = summary.get("n_params", "?")
     return ReportSection(
         f"Hessian spectra: {name}",
-        f"Top eigenvalue {eigen.eigenvalues[0]:.4g}, trace {trace.estimate:.4g} ± {trace.std_error:.2g}, "
+        f"Top eigenvalue {eigen.eigenvalues[0]:.4g}, trace {trace.estimate:.4g}{_plus_minus(trace.std_error)}, "
         f"re={density.re:.3g}, Kh={density.kh:.3g} over {n_params} parameters.",
         figures, [Table("Eigenpairs", eigen.to_frame()), Table("Weight spectra", weights.to_frame())], notes)
 
