@@ -212,29 +212,33 @@ class NonFiniteWeightsError(FloatingPointError, ValueError):
     """A parameter holds NaN or inf (a diverged model or a bad checkpoint)."""
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "the model") -> None:
-    """Raise :class:`NonFiniteWeightsError` naming the first floating tensors with NaN/inf entries.
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str = "the model", kind: str = "parameter") -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first floating tensor with NaN/inf entries.
 
     Cheap (one pass); run it before any analysis that differentiates or perturbs a
     model, since NaN weights make every loss, curvature and landscape NaN.
     """
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            continue
-        finite = torch.isfinite(tensor.detach())
-        if not bool(finite.all()):
-            bad = tensor.detach()[~finite]
-            n_nan = int(torch.isnan(bad).sum())
-            raise NonFiniteWeightsError(
-                f"{what}: weights of {name} are not finite ({n_nan} NaN, {bad.numel() - n_nan} inf of "
-                f"{tensor.numel()} entries); the model diverged or was loaded wrongly: analyse a checkpoint "
-                "from before the divergence")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if not tensor.is_floating_point():
+                continue
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                bad = tensor.detach()[~finite]
+                n_nan = int(torch.isnan(bad).sum())
+                n_bad = bad.numel()
+                raise NonFiniteWeightsError(
+                    f"{what} has {n_bad} non-finite value{'s' if n_bad > 1 else ''} (NaN or inf) in {kind} "
+                    f"{name!r} (shape {tuple(tensor.shape)}); it diverged in training or was loaded wrongly "
+                    f"({n_nan} NaN, {n_bad - n_nan} inf of {tensor.numel()} entries): analyse a checkpoint from "
+                    "before the divergence or retrain with a lower learning rate")
 
 
-def check_finite_weights(model: nn.Module) -> None:
-    """:func:`check_finite` over every parameter of ``model``, under its shown name."""
+def check_finite_weights(model: nn.Module, *, name: str = "the model") -> None:
+    """:func:`check_finite` over every parameter, then every floating buffer, of ``model`` under its shown name."""
     shown = {info.key: info.name for info in describe_parameters(model)}
-    check_finite({shown.get(key, clean_name(key)): p for key, p in model.named_parameters()})
+    check_finite({shown.get(key, clean_name(key)): p for key, p in model.named_parameters()}, name)
+    check_finite({clean_name(key): b for key, b in model.named_buffers()}, name, kind="buffer")
 
 
 # ------------------------------------------------- running a model on other tensors

@@ -18,7 +18,6 @@ sections to draw), writes ``results/manifest.json`` with the provenance, and ren
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from normlens.io import write_text
+from normlens.resources import check_output_file, check_output_folder
 from normlens.plots.style import plot_style
 from normlens.report.build import render_results
 from normlens.report.manifest import MANIFEST, SectionRef, collect_provenance, read_manifest, write_manifest
@@ -159,23 +159,14 @@ def find_study(name: str, studies: Mapping[str, Study] | None = None) -> Study:
 
 
 def check_output(out: str | Path) -> Path:
-    """Refuse, before any computation, an output file that cannot be written: an existing folder, a
-    parent that cannot be created or written, or a disk with less than 64 MiB free."""
+    """Refuse, before any computation, a report path that cannot be written: not ending in .html, an
+    existing folder, a parent that cannot be written, or a disk with less than 64 MiB free."""
     out = Path(out)
-    if out.is_dir():
-        raise StudyError(f"--out {out} is a folder; give the report's file name, e.g. {out / 'report.html'}")
-    if out.suffix.lower() not in (".html", ".htm"):
+    if out.suffix.lower() not in (".html", ".htm") and not out.is_dir():
         raise StudyError(f"--out {out} must end in .html (the report); its data go to {out.stem}_data/ beside it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StudyError(f"cannot create the folder {out.parent} for --out ({err.strerror}); "
-                         "choose a writable location") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise StudyError(f"the folder {out.parent} is not writable; choose another --out")
-    if shutil.disk_usage(out.parent).free < MIN_FREE_BYTES:
-        raise StudyError(f"less than {MIN_FREE_BYTES >> 20} MiB free under {out.parent}; free space or "
-                         "choose another --out")
+    check_output_file(out, MIN_FREE_BYTES)
+    check_output_folder(results_folder(out), MIN_FREE_BYTES, option="--out's data folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 

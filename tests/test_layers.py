@@ -2,11 +2,12 @@
 
 The layers, lowest first (a module may import its own layer and the layers below it):
 
-0. foundation   normlens.io, hygiene, losses, sites, parameters, uncertainty, kernels
+0. foundation   normlens.io, hygiene, losses, sites, parameters, uncertainty, resources, kernels
                 (kernels stand alone; the zoo's norm modules dispatch to them)
 1. models/data  normlens (the package's re-exports of the zoo), models, data, train_state
 2. operators    probes, curvature, landscape, and what runs models over data: train (it can
-                attach probes during training), train_probes, sweep, models.ln_removal (it trains)
+                attach probes during training), train_probes, sweep, models.ln_removal (it trains) and
+                models.export (it writes what the removal made)
 3. plots        normlens.plots (results -> figures)
 4. report       normlens.report (saved results -> sections -> HTML)
 5. drivers      normlens.study (studies found by entry point), normlens.cli
@@ -27,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "normlens"
 LAYERS = {
     "normlens.io": 0, "normlens.hygiene": 0, "normlens.losses": 0, "normlens.sites": 0, "normlens.parameters": 0,
-    "normlens.uncertainty": 0, "normlens.kernels": 0,
+    "normlens.uncertainty": 0, "normlens.resources": 0, "normlens.kernels": 0,
     "normlens": 1, "normlens.models": 1, "normlens.data": 1, "normlens.train_state": 1,
     "normlens.probes": 2, "normlens.curvature": 2, "normlens.landscape": 2,
     "normlens.train": 2, "normlens.train_probes": 2, "normlens.sweep": 2, "normlens.models.ln_removal": 2,
+    "normlens.models.export": 2,
     "normlens.plots": 3,
     "normlens.report": 4,
     "normlens.study": 5, "normlens.cli": 5,

@@ -106,8 +106,7 @@ HESSIAN_OUTPUT_BYTES = 32 << 20  # npz files, PNGs and the report, before the ei
 def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: str, out: Path) -> None:
     """Refuse --k before any product when it exceeds the parameters, the memory of the Lanczos basis
     (planned as :func:`compute_eigenpairs` will allocate it) or the disk space of the saved eigenvectors."""
-    from normlens.cli.common import check_free_space
-    from normlens.curvature.memory import check_plan
+    from normlens.cli.common import check_free_space, require_memory
     from normlens.parameters import select_parameters
 
     selected = select_parameters(model, params)
@@ -117,8 +116,10 @@ def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: s
     k_total = 2 * k if which == "both" else k
     if k_total >= n:
         raise ValueError(f"--k {k} asks for {k_total} eigenpairs of a Hessian over {n} parameters; "
-                         f"use --k < {n // 2 if which == 'both' else n}")
-    check_plan(plan_eigenpairs(n, k, which=which, dtype=dtype, device=device), log=False)
+                         f"use --k <= {(n - 1) // 2 if which == 'both' else n - 1}")
+    plan = plan_eigenpairs(n, k, which=which, dtype=dtype, device=device)
+    require_memory(plan.memory_bytes, f"--k {k} ({plan.describe()})", "lower --k or select fewer parameters with --params",
+                   device=device)
     check_free_space(out, HESSIAN_OUTPUT_BYTES + 8 * n * k_total)
 
 

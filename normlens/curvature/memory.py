@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from normlens.resources import available_memory, format_bytes
+
 logger = logging.getLogger("normlens.curvature")
 
 WORK_VECTORS = 3  # the current vector, the previous one and the product A q, besides the basis
@@ -24,58 +26,6 @@ WORK_VECTORS = 3  # the current vector, the previous one and the product A q, be
 
 class MemoryBudgetError(ValueError):
     """The requested computation does not fit in the memory (or disk) available."""
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KiB' (powers of 1024)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"  # pragma: no cover
-
-
-def _cgroup_free() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), when it sets a limit."""
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit == "max":
-            return None
-        with open("/sys/fs/cgroup/memory.current") as f:
-            return int(limit) - int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory(device: torch.device | str) -> int | None:
-    """Bytes that can still be allocated on ``device`` (None when unknown).
-
-    CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable of /proc/meminfo
-    (psutil elsewhere), lowered to the cgroup's limit when one is set.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type != "cpu":
-        return None
-    free = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        try:
-            import psutil
-
-            free = int(psutil.virtual_memory().available)
-        except ImportError:
-            return None
-    limit = _cgroup_free()
-    return free if limit is None or free is None else min(free, limit)
 
 
 @dataclass(frozen=True)

@@ -5,22 +5,14 @@ names the fix; none allocates the model it is asked about.
 """
 from __future__ import annotations
 
-import os
-
-import torch
-import torch.nn as nn
-
 from normlens.models.config import ConfigError, ZooConfig
-from normlens.sites import clean_name
+from normlens.parameters import NonFiniteWeightsError, check_finite_weights  # noqa: F401  (checks run before the work)
+from normlens.resources import available_memory, format_bytes
 
 
 # Python objects per block besides its tensors (modules, hook points, the bridge's
 # wrappers): measured as the peak-RSS growth per layer of a 200-layer d_model=8 model.
 PER_LAYER_OVERHEAD_BYTES = 256 * 1024
-
-
-class NonFiniteWeightsError(ValueError):
-    """A model holding NaN or infinite weights; the message names the first."""
 
 
 def count_config_parameters(config: ZooConfig) -> int:
@@ -51,36 +43,13 @@ def estimate_memory_bytes(config: ZooConfig, *, training: bool = False, bytes_pe
     return n_values * bytes_per_value + config.n_layers * per_layer
 
 
-def available_memory_bytes() -> int | None:
-    """Memory this machine can give now (Linux MemAvailable), else its physical memory, else None."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def check_memory(config: ZooConfig, *, training: bool = False, limit_bytes: int | None = None) -> int:
     """Refuse (ConfigError) a config whose model would not fit; return the estimate.
 
     ``limit_bytes`` defaults to the memory available on this machine now.
     """
     need = estimate_memory_bytes(config, training=training)
-    limit = limit_bytes if limit_bytes is not None else available_memory_bytes()
+    limit = limit_bytes if limit_bytes is not None else available_memory("cpu")
     if limit is not None and need > limit:
         raise ConfigError(
             f"a model with n_layers={config.n_layers}, d_model={config.d_model}, n_ctx={config.n_ctx}, "
@@ -89,19 +58,3 @@ def check_memory(config: ZooConfig, *, training: bool = False, limit_bytes: int 
             f", {config.n_layers} blocks' masks and modules) but this machine has "
             f"{format_bytes(limit)} available; choose smaller n_layers, d_model, n_ctx or d_vocab")
     return need
-
-
-def check_finite_weights(model: nn.Module, *, name: str = "the model") -> None:
-    """Raise NonFiniteWeightsError naming the first parameter or buffer holding NaN or inf."""
-    with torch.no_grad():
-        for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-            for tensor_name, tensor in tensors:
-                if not tensor.is_floating_point() and not tensor.is_complex():
-                    continue
-                finite = torch.isfinite(tensor)
-                if not bool(finite.all()):
-                    n_bad = int((~finite).sum())
-                    raise NonFiniteWeightsError(
-                        f"{name} has {n_bad} non-finite value{'s' if n_bad > 1 else ''} (NaN or inf) in "
-                        f"{kind} {clean_name(tensor_name)!r} (shape {tuple(tensor.shape)}); it diverged in "
-                        "training: use an earlier checkpoint or retrain with a lower learning rate")

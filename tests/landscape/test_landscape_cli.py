@@ -114,5 +114,5 @@ def test_cli_refuses_bad_files_weights_and_resolution_before_the_work(app, tmp_p
 
     monkeypatch.setattr(loading, "load_model", diverged)
     bad = runner.invoke(app, [*base, "--out", str(tmp_path / "n"), "--resolution", "3"])
-    assert bad.exit_code == 2 and "are not finite" in bad.output
+    assert bad.exit_code == 2 and "non-finite" in bad.output
     assert not (tmp_path / "n").exists()
