@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import normlens
+import normlens.resources
 from normlens.cli import app, common
 from normlens.models.checkpoint import save_checkpoint
 
@@ -35,16 +36,19 @@ def _no_work(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("the verb started its work before refusing its options")
 
+    import types
+
     import normlens.data
-    import normlens.demo
     import normlens.models.loading
+    import normlens.study
     import normlens.train
 
     monkeypatch.setattr(normlens.models.loading, "load_model", reached)
     monkeypatch.setattr(normlens.data, "load_corpus", reached)
     monkeypatch.setattr(normlens.data, "load_embedded", reached)
     monkeypatch.setattr(normlens.train, "train", reached)
-    monkeypatch.setattr(normlens.demo, "run_demo", reached)
+    study = types.SimpleNamespace(name="zoo", run=reached)  # the demo is the zoo study
+    monkeypatch.setattr(normlens.study, "find_study", lambda name, studies=None: study)
 
 
 def _refused(args, *needles):
@@ -95,7 +99,7 @@ def test_a_read_only_location_is_refused(verb, tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(common.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(normlens.resources.tempfile, "mkdtemp", read_only)
     _refused(_verbs(tmp_path / "ck", tmp_path / "new")[verb], "cannot write in", "Read-only file system")
 
 
@@ -121,9 +125,9 @@ def test_the_write_probe_leaves_nothing_behind(tmp_path):
 def test_a_full_disk_is_refused_with_the_estimate(verb, tmp_path, monkeypatch):
     _no_work(monkeypatch)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 1 << 20))
+    monkeypatch.setattr(normlens.resources.shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 1 << 20))
     args = ["demo", "--out", tmp_path / "demo.html"] if verb == "demo" else _verbs(tmp_path, tmp_path / "o")[verb]
-    _refused(args, "1 MB free", "writes about")
+    _refused(args, "1.0 MiB free", "writes about")
 
 
 def test_free_space_is_compared_with_the_real_disk(tmp_path):
@@ -182,7 +186,8 @@ def test_the_smallest_accepted_trace_matvecs_gives_an_error_estimate():
     """Hutch++ with the CLI's minimum m on a matrix larger than its sketch: a finite standard error."""
     import torch
 
-    from normlens.cli.hessian import MIN_TRACE_MATVECS, _plus_minus
+    from normlens.cli.hessian import MIN_TRACE_MATVECS
+    from normlens.report.sections.curvature import _plus_minus
     from normlens.curvature.trace import estimate_trace
 
     result = estimate_trace(torch.diag(torch.arange(1.0, 21.0)) + 0.1 * torch.ones(20, 20), MIN_TRACE_MATVECS)
