@@ -238,8 +238,8 @@ def judge_farms(units: Mapping[str, Any]) -> ClaimResult:
         detail += ", so the plain ESD shows no bias for FARMS to remove"
     trained = found.get("trained")
     if trained is not None and trained["n"]:
-        detail += (f"; after training {_fmt(trained['plain'].estimate)} vs {_fmt(trained['farms'].estimate)} "
-                   f"({trained['n']} pairs)")
+        detail += (f"; after training the same differences are {_signed(trained['plain'].estimate, _fmt)} (plain) "
+                   f"and {_signed(trained['farms'].estimate, _fmt)} (FARMS) over {trained['n']} pairs")
     return ClaimResult("farms", paper, claim, outcome, detail, table)
 
 

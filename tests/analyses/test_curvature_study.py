@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from analyses.common.batch_landscapes import BatchShapeError, compute_axis_rayleigh, compute_batch_planes
 from analyses.common.curvature_claims import (AGREES, DISAGREES, INCONCLUSIVE, aspect_bias, curvature_verdict,
                                               judge_farms, judge_random_axes, judge_smoothing)
-from analyses.common.curvature_measure import MeasureSettings
+from analyses.common.curvature_measure import MeasureSettings, measure_model
 from analyses.common.weight_alpha import compute_alpha_rows, layer_group, matrix_kind
 from analyses.curvature import STUDY, CurvatureSettings, CurvatureStudy, mode_settings, train_models
 from normlens.cli import app
@@ -95,10 +95,10 @@ def test_models_are_reused_and_retrained_when_the_settings_change(tmp_path):
     seeds = (0, 1)
     _, first = train_models(TINY, tmp_path, seeds, split_seed=0, fresh=False, log=quiet)
     assert not any(first.values()) and len(first) == 4
-    weights = tmp_path / "runs" / "norm-ln" / "seed-0" / "model" / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns
+    result = tmp_path / "runs" / "norm-ln" / "seed-0" / "train_result.json"
+    saved = json.loads(result.read_text())
     _, second = train_models(TINY, tmp_path, seeds, split_seed=0, fresh=False, log=quiet)
-    assert all(second.values()) and weights.stat().st_mtime_ns == stamp
+    assert all(second.values()) and json.loads(result.read_text()) == saved  # same run, same wall time
     longer = CurvatureSettings(**{**TINY.__dict__, "train": TrainConfig(steps=5, eval_every=2, eval_seqs=4,
                                                                         batch_size=4)})
     _, third = train_models(longer, tmp_path, seeds, split_seed=0, fresh=False, log=quiet)
@@ -194,6 +194,20 @@ def test_alpha_rows_group_matrices_and_use_the_libraries_fits():
     assert matrix_kind("blocks.3.mlp.fc_in.weight") == "mlp.fc_in"
     fc_in = next(r for r in rows if r["kind"] == "mlp.fc_in")
     assert fc_in["group"] == "mlp" and fc_in["layer"] == 0 and fc_in["aspect"] == 4.0
+
+
+def test_measuring_a_model_leaves_it_as_found(tmp_path):
+    from normlens.models import build_model
+
+    model = build_model(ZooConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=16)).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+    tokens = torch.randint(0, 256, (4, 8), generator=torch.Generator().manual_seed(0))
+    found = measure_model(model, list(tokens.split(2)), TINY.measure, tmp_path, "m", keys={"model": "ln", "seed": 0})
+    assert model.training and all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+    assert [u["batch"] for u in found.ratio_units] == [0, 1] and found.spectra["n_batches"] == 2
+    assert (tmp_path / "landscapes" / "m_hessian.npz").is_file()
 
 
 # ---- verdict logic on constructed result files --------------------------------------------------
