@@ -67,6 +67,9 @@ def plot_sink_mass(result, ax=None, title: str = "") -> plt.Axes:
     ax.set_xlabel("layer")
     ax.set_ylabel(f"mean first-token mass (queries ≥ {result.skip_queries})")
     ax.set_ylim(0, 1)
+    if len(heads):
+        ax.set_xlim(heads.layer.min() - 0.5, heads.layer.max() + 0.5)
+    _integer_x(ax)
     ax.legend(fontsize="x-small")
     ax.set_title(title or "attention sinks per head", fontsize="small")
     return ax
@@ -104,11 +107,18 @@ def plot_residual_growth(frames: dict[str, pd.DataFrame], ax=None, value: str = 
     return ax
 
 
-def plot_s_curve(result, ax=None, slots=None, title: str = "", fit: bool = True) -> plt.Axes:
+def plot_s_curve(result, ax=None, slots=None, title: str = "", fit: bool = True,
+                 fits: pd.DataFrame | None = None) -> plt.Axes:
     """Norm input vs normalized output (before the affine) per slot, the DyT paper's S-curve,
-    with each slot's fitted a·tanh(b·x) + c drawn over it (``fit``)."""
+    with each slot's fitted a·tanh(b·x) + c drawn over it (``fit``).
+
+    ``fits``: the saved ``result.fit_frame()`` (one row per slot), so the fit is not redone.
+    """
     ax = _ax(ax)
-    fits = result.fit_frame().set_index("slot") if fit and result.slots else None
+    if fit and result.slots:
+        fits = (fits if fits is not None else result.fit_frame()).set_index("slot")
+    else:
+        fits = None
     for slot in slots or result.slots:
         dots = ax.scatter(result.inputs[slot], result.outputs[slot], s=2, alpha=0.4, label=slot)
         if fits is not None and fits.loc[slot, "shape"] != "undefined":
@@ -159,20 +169,31 @@ def plot_angular_heatmap(result, ax=None, title: str = "") -> plt.Axes:
     return ax
 
 
-def plot_block_effectiveness(result, ax=None, title: str = "", value: str = "skip_loss_delta") -> plt.Axes:
+def plot_block_effectiveness(result, ax=None, title: str = "", value: str = "skip_loss_delta",
+                             frame: pd.DataFrame | None = None) -> plt.Axes:
     """Per block of an EffectivenessResult: ``value`` ("skip_loss_delta" or "angular_in_out") with its
-    bootstrap interval over sequences as error bars."""
+    bootstrap interval over sequences as error bars, and a line at zero change.
+
+    ``frame``: the saved ``result.interval_frame()``, so the bootstrap is not redone (``result`` may
+    then be None).
+    """
     if value not in ("skip_loss_delta", "angular_in_out"):
         raise ValueError(f"value must be 'skip_loss_delta' or 'angular_in_out', got {value!r}")
     ax = _ax(ax)
-    frame = result.interval_frame()
+    frame = frame if frame is not None else result.interval_frame()
     low, high = (frame.skip_low, frame.skip_high) if value == "skip_loss_delta" else (frame.angular_low,
                                                                                       frame.angular_high)
     y = frame[value]
     err = np.vstack([(y - low).fillna(0).clip(lower=0), (high - y).fillna(0).clip(lower=0)])
     ax.errorbar(frame.layer, y, yerr=err, marker="o", capsize=3)
+    if value == "skip_loss_delta":
+        ax.axhline(0.0, color="k", lw=0.8, ls=":")
     ax.set_xlabel("block")
-    ax.set_ylabel({"skip_loss_delta": "loss change when skipped", "angular_in_out": "angular distance in→out"}[value])
+    if len(frame):
+        ax.set_xlim(frame.layer.min() - 0.5, frame.layer.max() + 0.5)
+    _integer_x(ax)
+    ax.set_ylabel({"skip_loss_delta": "loss change when skipped (nats)",
+                   "angular_in_out": "angular distance in→out"}[value])
     ax.set_title(title or f"95 % bootstrap intervals over {int(frame.n_sequences.max()) if len(frame) else 0} sequences",
                  fontsize="small")
     return ax

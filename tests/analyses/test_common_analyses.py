@@ -20,8 +20,8 @@ def test_probes_show_a_diverged_model_and_save_tables(tiny_models, tokens, tmp_p
     ref = run_probes(models, tmp_path)
     section, = render_sections(tmp_path, [ref])
     assert any(note.startswith("no normalization:") and "diverged" in note for note in section.notes)
-    assert len(section.figures) == 6 and all(f.alt_text for f in section.figures)
-    summary = section.tables[0].frame
+    assert len(section.figures) == 9 and all(f.alt_text for f in section.figures)
+    summary = next(t.frame for t in section.tables if t.caption == "Per-model summary")
     assert list(summary.model) == ["LayerNorm (Pre-LN)", "RMSNorm"]  # names in words, diverged left out
     assert (tmp_path / "probes" / "summary.parquet").exists() and (tmp_path / "probes" / "ln").is_dir()
 

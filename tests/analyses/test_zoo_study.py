@@ -106,29 +106,42 @@ def test_zoo_report_names_models_in_words_shows_failures_and_rerenders_identical
 
 def test_rerun_reuses_models_and_shows_their_original_training_time(trained, tmp_path):
     config = StudyConfig(options={"analyses": []})
-    first_run = {m["name"]: m for m in json.loads((trained / "training/training.json").read_text())["models"]}
-    assert len(first_run) == 5 and not any(m["reused"] for m in first_run.values())
+    first = json.loads((trained / "training/seeds.json").read_text())["runs"]
+    assert len(first) == 15 and not any(r["reused"] for r in first)  # 4 norms x 3 seeds, 3 LN removals
     models = with_models(trained, tmp_path / "zoo_data") / "models"
+
+    def removal_mtimes():
+        return {s: (models / "ln-removed" / f"seed-{s}" / "model" / "model.safetensors").stat().st_mtime_ns
+                for s in (0, 1, 2)}
+
+    before = removal_mtimes()
     page = run_study(tiny_study(), config, tmp_path / "zoo.html", log=quiet).read_text()
+    again = json.loads((tmp_path / "zoo_data/training/seeds.json").read_text())["runs"]
+    assert all(r["reused"] for r in again) and removal_mtimes() == before
+    assert [r["train_seconds"] for r in again] == [r["train_seconds"] for r in first]  # the original times
     reused = {m["name"]: m for m in json.loads((tmp_path / "zoo_data/training/training.json").read_text())["models"]}
-    assert all(m["reused"] for m in reused.values())
-    for name in first_run:  # the time of the run that trained it, not the time it took to load
-        assert reused[name]["train_seconds"] == first_run[name]["train_seconds"] > 0
-    saved = json.loads((models / "ln" / "train_result.json").read_text())["wall_time_s"]
-    assert reused["ln"]["train_seconds"] == saved
+    saved = json.loads((models / "sweep/runs/norm-ln/seed-0/train_result.json").read_text())["wall_time_s"]
+    assert all(m["reused"] for m in reused.values()) and reused["ln"]["train_seconds"] == saved > 0
     assert "earlier run (reused)" in page and f"{saved:.4g}" in page
 
-    def mtimes():
-        return {name: (models / name / "model" / "model.safetensors").stat().st_mtime_ns for name in ("ln", "ln-removed")}
-
-    # a retrained "ln" model (another seed) is not paired with the old LN removal
-    first = mtimes()
+    # another study seed splits the corpus differently: every "ln" model is retrained, and an LN removal
+    # of a model with other weights (same configuration) is not reused
     run_study(tiny_study(norms=("ln",)), dataclasses.replace(config, seed=1), tmp_path / "zoo.html", log=quiet)
-    again = mtimes()
-    assert again["ln"] != first["ln"] and again["ln-removed"] != first["ln-removed"]
+    seeds = json.loads((tmp_path / "zoo_data/training/seeds.json").read_text())
+    assert seeds["seeds"] == [1, 2, 3] and not any(r["reused"] for r in seeds["runs"])
+    after = removal_mtimes()
+    assert after[1] != before[1] and after[2] != before[2]
+    assert not (models / "sweep" / "runs" / "norm-rms").exists()  # the stale sweep was cleared
+
+    # --fresh retrains even what is saved
+    run_study(tiny_study(norms=("ln",), n_seeds=1), dataclasses.replace(config, seed=1, fresh=True),
+              tmp_path / "zoo.html", log=quiet)
+    seeds = json.loads((tmp_path / "zoo_data/training/seeds.json").read_text())
+    assert seeds["seeds"] == [1] and not any(r["reused"] for r in seeds["runs"])
 
 
-def test_verdict_is_computed_from_the_saved_numbers(tmp_path):
+def test_verdict_of_a_one_seed_results_folder_is_computed_from_the_saved_numbers(tmp_path):
+    """Results written before the seed sweep (no seeds.json) still get their verdict on re-rendering."""
     folder = tmp_path / "training"
     folder.mkdir()
 
@@ -140,6 +153,7 @@ def test_verdict_is_computed_from_the_saved_numbers(tmp_path):
 
     agree = write(2.00, 2.02, 2.00, 2.03)
     assert "0.020 nats above LayerNorm" in agree and "parity holds" in agree and "+0.030 nats, within" in agree
+    assert "one seed, no interval" in agree
     disagree = write(2.00, 2.50, 2.00, 2.40)
     assert "parity does not hold" in disagree and "+0.400 nats, more than" in disagree
 
