@@ -210,7 +210,6 @@ class CurvatureStudy(BaseStudy):
 
     def run(self, config: StudyConfig, results: Path, log: Callable[[str], None]) -> StudyRun:
         settings = mode_settings(config, self.modes)
-        import torch
 
         from analyses.common.curvature_measure import measure_model
         from analyses.common.threads import torch_threads

@@ -28,7 +28,6 @@ from analyses.common.batch_landscapes import check_batches, compute_axis_rayleig
 from normlens.curvature.batches import estimate_batch_curvature
 from normlens.curvature.density import estimate_density
 from normlens.curvature.operators import HessianOperator
-from normlens.hygiene import preserved_state
 from normlens.landscape.directions import hessian_directions, random_directions
 from normlens.landscape.metrics import compute_metrics
 

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from normlens.curvature.lanczos import compute_eigenpairs
 from normlens.curvature.operators import HessianOperator
-from normlens.landscape.objective import Objective, eval_mode, next_token_objective
+from normlens.hygiene import eval_mode
+from normlens.landscape.objective import Objective, next_token_objective
 from normlens.landscape.params import Params
 
 

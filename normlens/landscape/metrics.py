@@ -18,7 +18,8 @@ import torch.nn as nn
 from normlens.landscape.directions import Directions
 from normlens.landscape.hessian import hessian_operator, rayleigh_quotient
 from normlens.landscape.movable import excluded_parameters
-from normlens.landscape.objective import Objective, check_eval_items, eval_mode
+from normlens.hygiene import eval_mode
+from normlens.landscape.objective import Objective, check_eval_items
 from normlens.landscape.params import parameters_of
 from normlens.landscape.results import AxisCurvature, LandscapeMetrics, LandscapeResult, Sharpness
 

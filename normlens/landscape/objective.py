@@ -11,7 +11,6 @@ from typing import Callable, Optional
 
 import torch
 
-from normlens.hygiene import eval_mode  # noqa: F401  (re-exported for the landscape modules)
 from normlens.losses import logits_loss
 
 # (outputs, batch) -> (per-element losses, per-element correct in {0, 1} or None)

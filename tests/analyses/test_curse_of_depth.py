@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.common.depth import deep_layers, fit_slope, measure_depth, nan_measurement, run_metrics
+from analyses.common.depth import deep_layers, fit_slope, nan_measurement, run_metrics
 from analyses.curse_of_depth import (DATA_DIR, STUDY, SUMMARY, CurseOfDepthStudy, DepthSettings, default_modes,
                                      depth_verdict, judge, judge_comparison, mode_settings, summarize,
                                      train_placements)

@@ -1,6 +1,5 @@
 """The zoo over seeds: losses on a fixed evaluation set, paired differences with intervals, a verdict
 that carries them, the papers' attention metrics beside the old ones, and probes over training."""
-import dataclasses
 import json
 import math
 from types import SimpleNamespace
