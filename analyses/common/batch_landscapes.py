@@ -22,7 +22,7 @@ from normlens.landscape.directions import Directions
 from normlens.landscape.grid import compute_landscape
 from normlens.landscape.hessian import hessian_operator, rayleigh_quotient
 from normlens.landscape.metrics import sharpness
-from normlens.landscape.objective import eval_mode
+from normlens.hygiene import eval_mode
 from normlens.landscape.params import Params
 from normlens.landscape.results import LandscapeResult
 
