@@ -121,7 +121,7 @@ def test_absurd_sizes_are_refused_with_an_estimate_before_allocating(field, valu
 
     monkeypatch.setattr(zoo, "NativeModel", no_build)
     kwargs = {"n_layers": 2, "d_model": 1024, "n_heads": 4, field: value}
-    with pytest.raises(ConfigError, match=r"needs about [0-9.e+]+ [KMGTP]B .* but this machine has"):
+    with pytest.raises(ConfigError, match=r"needs about [0-9.e+]+ [KMGTP]iB .* but this machine has"):
         build_model(**kwargs)
 
 
