@@ -22,12 +22,12 @@ import torch.nn as nn
 from torch.func import vmap
 
 from normlens.landscape import distributed as dd
+from normlens.hygiene import eval_mode
 from normlens.landscape import zoo_forward
 from normlens.landscape.directions import Directions
 from normlens.landscape.objective import (
     Objective,
     check_eval_items,
-    eval_mode,
     next_token_loss_only,
     next_token_objective,
 )
