@@ -15,7 +15,7 @@ def test_probe_model_writes_data_and_an_offline_report(tmp_path):
         assert (tmp_path / name).exists(), name
     html = report.read_text()
     assert report == tmp_path / "report.html" and "tiny-rms" in html
-    assert html.count("data:image/png;base64,") == 6
+    assert html.count("data:image/png;base64,") == 9  # one figure per panel drawn by the probes renderer
     assert "http://" not in html and "https://" not in html  # opens offline
 
 
