@@ -64,7 +64,8 @@ ATTRIBUTION_MODELS = {"ln": BEFORE, "lnfree": REMOVED}
 @dataclasses.dataclass(frozen=True)
 class LNRemovalModeSettings:
     """A mode: the LayerNorm model, its training, the removal schedule, seeds, the attribution batch,
-    the corpus, an optional Hugging Face model (``hf_model``: no training) and torch threads."""
+    the corpus (``corpus_bytes``: how much of the embedded one, all when None), an optional Hugging Face
+    model (``hf_model``: no training) and torch threads."""
 
     model: ZooConfig
     train: TrainConfig
@@ -72,6 +73,7 @@ class LNRemovalModeSettings:
     n_seeds: int = 3
     attribution_seqs: int = 8
     corpus: str = "embedded"
+    corpus_bytes: Optional[int] = None
     hf_model: Optional[str] = None
     threads: Optional[int] = 1
 
@@ -181,13 +183,15 @@ class LNRemovalStudy(BaseStudy):
         with torch_threads(settings.threads):
             t0 = time.perf_counter()
             hf_model = None
+            corpus_kwargs = ({"max_bytes": settings.corpus_bytes}
+                             if settings.corpus == "embedded" and settings.corpus_bytes is not None else {})
             if settings.hf_model is not None:
                 from normlens.models.loading import load_model
 
                 hf_model = load_model(settings.hf_model, device="cuda" if torch.cuda.is_available() else None)
-                splits = corpus_for_model(hf_model, settings.corpus, seed=config.seed)
+                splits = corpus_for_model(hf_model, settings.corpus, seed=config.seed, **corpus_kwargs)
             else:
-                splits = load_corpus(settings.corpus, seed=config.seed)
+                splits = load_corpus(settings.corpus, seed=config.seed, **corpus_kwargs)
             wall["data and model loading"] = time.perf_counter() - t0
             for seed in seeds:
                 t0 = time.perf_counter()

@@ -149,3 +149,25 @@ def test_verdict_agrees_disagrees_or_is_inconclusive_from_saved_numbers(tmp_path
     assert "diverged on seed(s) 1 of 2" in diverged and "disagrees" in diverged
     not_exact = _write(tmp_path / "n", [0.004, 0.006], free_gap=0.05)
     assert "does not equal the ablated direct effect" in not_exact and "contrary to the paper" in not_exact
+
+
+def test_a_hugging_face_gpt2_goes_through_the_study_without_training(tmp_path, monkeypatch):
+    """Full mode's path for a real GPT-2 (option model=), on a tiny GPT-2 stand-in with its own tokenizer."""
+    import dataclasses
+
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NORMLENS_CACHE_DIR", str(tmp_path / "cache"))
+    from hf_stand_in import byte_bpe_tokenizer, save_gpt2
+
+    folder = save_gpt2(tmp_path / "gpt2", byte_bpe_tokenizer(), n_layer=2, n_embd=32, n_head=4)
+    settings = dataclasses.replace(TINY, corpus_bytes=60_000, removal=dataclasses.replace(TINY.removal, n_ctx=16))
+    study = LNRemovalStudy({"quick": settings, "full": settings})
+    out = run_study(study, StudyConfig(mode="full", options={"model": str(folder)}), tmp_path / "r.html", log=quiet)
+    data = out.parent / "r_data"
+    losses = json.loads((data / "removal" / "losses.json").read_text())
+    assert losses["model"] == str(folder) and not (data / "models").exists()  # nothing trained
+    assert all(np.isfinite(r["val_loss_control"]) and np.isfinite(r["val_loss_after"]) for r in losses["rows"])
+    gaps = {(r["seed"], r["model"]): r for r in json.loads((data / "attribution" / "gaps.json").read_text())["rows"]}
+    assert gaps[(0, "lnfree")]["relative_gap"] < 1e-4 < gaps[(0, "ln")]["relative_gap"]
+    assert "full mode" in out.read_text()
