@@ -107,6 +107,16 @@ def check_free_space(path: Path, need_bytes: int, option: str = "--out") -> None
                              f"{format_bytes(need_bytes)}; free some space or choose another {option}")
 
 
+def _check_location(path: Path, base: Path, need_bytes: int, option: str) -> None:
+    """``base``, the nearest existing folder on ``path``'s way, is a folder that accepts new files
+    on a disk with ``need_bytes`` free."""
+    if not base.is_dir():
+        raise PreflightError(f"{option} {path}: {base} on its path is a file, not a folder; "
+                             f"choose another {option}")
+    _check_writable_folder(base, option, path)
+    check_free_space(path, need_bytes, option)
+
+
 def check_output_folder(path: Path, need_bytes: int = 16 * MB, option: str = "--out") -> Path:
     """Check, before any work, that ``path`` can be the run's output folder.
 
@@ -122,11 +132,7 @@ def check_output_folder(path: Path, need_bytes: int = 16 * MB, option: str = "--
         raise PreflightError(f"{option} {path} is an existing file; {option} takes a folder: "
                              "give a new or existing folder path")
     base = _existing_ancestor(path)
-    if not base.is_dir():
-        raise PreflightError(f"{option} {path}: {base} on its path is a file, not a folder; "
-                             f"choose another {option}")
-    _check_writable_folder(base, option, path)
-    check_free_space(path, need_bytes, option)
+    _check_location(path, base, need_bytes, option)
     return path
 
 
@@ -137,9 +143,5 @@ def check_output_file(path: Path, need_bytes: int = 16 * MB, option: str = "--ou
         raise PreflightError(f"{option} {path} is a folder; {option} takes a file path, "
                              f"e.g. {path / 'report.html'}")
     base = _existing_ancestor(path.parent)
-    if not base.is_dir():
-        raise PreflightError(f"{option} {path}: {base} on its path is a file, not a folder; "
-                             f"choose another {option}")
-    _check_writable_folder(base, option, path)
-    check_free_space(path, need_bytes, option)
+    _check_location(path, base, need_bytes, option)
     return path

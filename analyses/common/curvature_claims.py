@@ -133,16 +133,37 @@ def _design(units: Mapping[str, Any], n_seeds: int) -> str:
     return f"paired over {n_seeds} seeds × {units.get('n_batches', '?')} batches"
 
 
+@dataclass(frozen=True)
+class _Comparison:
+    """Each normalized model against the reference model on one saved measurement."""
+
+    table: list[dict[str, Any]]
+    intervals: dict[str, Interval]
+    normalized: list[str]
+    outcome: str
+    reference: str
+    means: dict[str, float]
+    ref_mean: float
+    n_seeds: int
+
+
+def _comparison(units: Mapping[str, Any], rows_key: str, value: str) -> _Comparison:
+    table, intervals = _compare(units, rows_key, value)
+    normalized = list(units["normalized"])
+    reference = _label(units, units["reference"])
+    return _Comparison(
+        table, intervals, normalized, _outcome([intervals[m] for m in normalized]), reference,
+        {row["model"]: row["model mean"] for row in table},
+        table[0][f"{reference} mean"] if table else math.nan,
+        min((row["n seeds"] for row in table[: len(normalized)]), default=0))
+
+
 def judge_smoothing(units: Mapping[str, Any]) -> ClaimResult:
     """Claim 1 (Li et al. 2018): the random filter-normalized plane is sharper without normalization."""
     paper, claim = "Li et al. 2018", "normalization smooths the filter-normalized landscape"
-    table, intervals = _compare(units, "landscape", "sharpness_random")
-    normalized = list(units["normalized"])
-    outcome = _outcome([intervals[m] for m in normalized])
-    reference = _label(units, units["reference"])
-    means = {row["model"]: row["model mean"] for row in table}
-    ref_mean = table[0][f"{reference} mean"] if table else math.nan
-    n_seeds = min((row["n seeds"] for row in table[: len(normalized)]), default=0)
+    c = _comparison(units, "landscape", "sharpness_random")
+    table, intervals, normalized, outcome = c.table, c.intervals, c.normalized, c.outcome
+    reference, means, ref_mean, n_seeds = c.reference, c.means, c.ref_mean, c.n_seeds
     detail = (f"within radius {units.get('radius', 1.0):g} of the model the random plane rises {_fmt(ref_mean)} nats "
               f"with {reference} vs "
               + " and ".join(f"{_fmt(means[_label(units, m)])} with {_label(units, m)}" for m in normalized)
@@ -155,13 +176,9 @@ def judge_random_axes(units: Mapping[str, Any]) -> ClaimResult:
     """Claim 2 (LLA): random filter-normalized axes understate λmax more with normalization layers."""
     paper = "the LLA paper"
     claim = "random axes understate sharpness more when normalization layers are present"
-    table, intervals = _compare(units, "ratio", "ratio")
-    normalized = list(units["normalized"])
-    outcome = _outcome([intervals[m] for m in normalized])
-    reference = _label(units, units["reference"])
-    means = {row["model"]: row["model mean"] for row in table}
-    ref_mean = table[0][f"{reference} mean"] if table else math.nan
-    n_seeds = min((row["n seeds"] for row in table[: len(normalized)]), default=0)
+    c = _comparison(units, "ratio", "ratio")
+    table, intervals, normalized, outcome = c.table, c.intervals, c.normalized, c.outcome
+    reference, means, ref_mean, n_seeds = c.reference, c.means, c.ref_mean, c.n_seeds
     detail = ("a random filter-normalized axis sees dᵀHd/dᵀd = "
               + " and ".join(f"{_fmt(means[_label(units, m)])} of λmax with {_label(units, m)}" for m in normalized)
               + f" vs {_fmt(ref_mean)} with {reference} (reference minus model "
