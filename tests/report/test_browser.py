@@ -109,7 +109,7 @@ def test_long_names_stay_within_the_page_width(browser, tmp_path):
 
     probe_model(tiny_model(), tokens(), tmp_path / "long", name=LONG)
     seen = open_report(browser, tmp_path / "long" / "report.html", tmp_path / "long.png")
-    assert_clean(seen, n_images=6)
+    assert_clean(seen, n_images=9)
     assert LONG in seen["text"].replace("\n", "")
 
 
@@ -123,7 +123,7 @@ def test_zoo_report_in_a_script_named_folder(browser, tmp_path):
 
     tiny = dataclasses.replace(
         QUICK, zoo=dataclasses.replace(
-            QUICK.zoo, model=ZooConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=16), eval_seqs=4,
+            QUICK.zoo, model=ZooConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=16), eval_seqs=4, n_seeds=1, probe_every=0,
             train=TrainConfig(steps=4, eval_every=2, eval_seqs=4, batch_size=4),
             removal=LNRemovalConfig(warmup_steps=1, steps_per_removal=1, final_steps=1, batch_size=4, eval_seqs=4)),
         hessian=HessianSettings(n_seq=2, n_ctx=8, top_k=2, top_steps=5, density_steps=5, block_steps=3))
