@@ -264,7 +264,7 @@ class GroupSums:
         self._add_rms(rms[good_tokens].reshape(-1, 1))
         a = clean.abs()
         rows = torch.topk(a.amax(-1), min(self.top_k, n_rows)).indices
-        self._add_top(a[rows])
+        self._add_top(a[rows][valid[rows]])  # the zeros standing in for NaN/inf are no candidates
         hist = abs_histogram(a).cpu()
         hist[0] -= bad  # non-finite entries were zeroed, not observed
         self._add_hist(hist)
