@@ -3,6 +3,7 @@ result or checkpoint. Tables go to Parquet or JSON (by suffix), arrays to NPZ, m
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -78,8 +79,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 TABLE_FORMATS = (".parquet", ".json")
 
 
+def _table_cell(value: Any) -> Any:
+    """A JSON table cell: NaN, ±inf and missing values become null (read back as NaN)."""
+    if isinstance(value, (str, bool, int, list, dict)):
+        return value
+    if value is None or pd.isna(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value if isinstance(value, (float, np.generic)) else str(value)
+
+
 def save_frame(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` to ``path`` (.parquet or .json, records orient) atomically."""
+    """Write ``frame`` to ``path`` (.parquet or .json, records orient) atomically.
+
+    JSON floats are written in full (the shortest repr that reads back exactly;
+    pandas' writer keeps at most 15 digits); NaN and ±inf are written as null.
+    """
     path = Path(path)
     if path.suffix not in TABLE_FORMATS:
         raise ValueError(f"cannot save a table as {path.suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
@@ -88,7 +102,8 @@ def save_frame(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         if path.suffix == ".parquet":
             frame.to_parquet(tmp, index=False)
         else:
-            tmp.write_text(frame.to_json(orient="records", double_precision=15))
+            records = [{str(k): _table_cell(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+            tmp.write_text(json.dumps(records, default=_json_default, allow_nan=False))
     return path
 
 

@@ -263,8 +263,10 @@ class GroupSums:
         rms = torch.linalg.vector_norm(clean, dim=-1) / math.sqrt(d)
         self._add_rms(rms[good_tokens].reshape(-1, 1))
         a = clean.abs()
-        rows = torch.topk(a.amax(-1), min(self.top_k, n_rows)).indices
-        self._add_top(a[rows])
+        ranked = torch.where(valid, a, -1.0)  # NaN/inf rank below every |x| and are no candidates
+        rows = torch.topk(ranked.amax(-1), min(self.top_k, n_rows)).indices
+        candidates = ranked[rows]
+        self._add_top(candidates[candidates >= 0])
         hist = abs_histogram(a).cpu()
         hist[0] -= bad  # non-finite entries were zeroed, not observed
         self._add_hist(hist)
