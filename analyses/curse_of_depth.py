@@ -10,7 +10,7 @@ The claims it checks at small scale:
   Mix-LN (Post-LN in the first quarter of the layers, Pre-LN after) spreads gradient norms more evenly.
 
 Every placement is trained from the same initial weights on the same batches for each seed
-(:mod:`normlens.sweep`), so placements are compared seed by seed (paired bootstrap intervals); the
+(:mod:`normlens.sweep`), so placements are compared seed by seed (paired t intervals); the
 per-layer measurements on held-out sequences also get bootstrap intervals over sequences.
 
     normlens analyze curse_of_depth [--quick | --full] [--out reports/curse_of_depth.html]

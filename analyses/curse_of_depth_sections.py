@@ -64,7 +64,7 @@ def _seed_note(summary: Mapping[str, Any]) -> str:
     seeds = summary["seeds"]
     return (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); for each seed every placement starts from the same "
             f"initial weights and sees the same batches; {summary['n_sequences']} held-out sequences of "
-            f"{summary['n_ctx']} tokens; intervals at {summary['level']:.0%} (bootstrap).")
+            f"{summary['n_ctx']} tokens; intervals at {summary['level']:.0%} (Student's t over seeds, BCa bootstrap over sequences).")
 
 
 # -- claims ---------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def _save_training(sweep: SweepResult, models: Mapping[tuple[str, int], Any], fi
     for d in differences.itertuples():
         notes.append(f"Final validation loss of {LABELS.get(d.norm, d.norm)} minus {LABELS[REFERENCE]}: "
                      f"{d.estimate:+.3f} nats, 95% interval [{d.low:+.3f}, {d.high:+.3f}] (paired over "
-                     f"{d.n_seeds} seeds; a bootstrap over so few seeds shows their spread, not more).")
+                     f"{d.n_seeds} seeds; Student's t intervals).")
     save_training(out, runs, rows, notes=notes, summary=(
         "The zoo's recipe for every norm kind and seed: same architecture, data and optimizer; a seed sets the "
         "initial weights (the same for every norm kind) and the batch order. Loss is next-token cross-entropy on "

@@ -86,8 +86,9 @@ def render_curvature_claims(folder: Path, options: Mapping[str, Any]) -> ReportS
     notes = [f"{c.paper}: {c.outcome}. {c.detail[0].upper() + c.detail[1:]}." for c in claims]
     notes += [
         "Comparisons are paired: differences are taken between models trained with the same seed (same initial "
-        "weights and batch order) on the same held-out batch, and the interval is a 95% bootstrap interval of the "
-        "mean paired difference (BCa). With 2–3 seeds it mostly reflects batch-to-batch spread within those seeds.",
+        "weights and batch order) on the same held-out batch, and the interval is a 95% interval of the "
+        "mean paired difference (Student's t below 20 pairs, BCa bootstrap above). With 2 seeds × 4 batches the "
+        "pairs share seeds, so the interval mostly reflects batch-to-batch spread within those seeds.",
         "Outcome rule: agrees when every normalized model's interval lies on the claim's side of 0, disagrees when "
         "every one lies on the other side, inconclusive otherwise. 'Normalized' means LayerNorm and RMSNorm "
         "(statistics over features, as in the LLA paper's normalization layers); DyT is shown but not counted.",

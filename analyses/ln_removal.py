@@ -15,7 +15,7 @@ the DLA and the ablated direct effect on both the LayerNorm model and the LayerN
 
 Verdict (computed from ``removal/losses.json`` and ``attribution/gaps.json``): the removal cost is
 ``val_loss_after - val_loss_control`` per seed, read relative to the control's loss, with a
-bootstrap interval over seeds. It **agrees** with the paper when the interval's upper bound is at
+t interval over seeds. It **agrees** with the paper when the interval's upper bound is at
 most :data:`AGREE_RELATIVE` (3 % of the loss: GPT-2 small's 2.3 % plus a margin), **disagrees**
 when its lower bound is above it (or a removal diverged), and is **inconclusive at this scale**
 otherwise (or with fewer than two finite seeds). DLA counts as exact when max |DLA - ablation| is
@@ -136,7 +136,7 @@ def loss_row(seed: int, removal: Mapping[str, Any], **extra: Any) -> dict[str, A
 
 
 def summarize_losses(rows: list[Mapping[str, Any]], level: float = LEVEL) -> dict[str, dict[str, Any]]:
-    """Per quantity: mean over seeds with a bootstrap interval (differences paired by seed)."""
+    """Per quantity: mean over seeds with its t interval (differences paired by seed)."""
     from normlens.uncertainty import bootstrap_interval, paired_difference_interval
 
     def column(name: str) -> np.ndarray:
@@ -363,7 +363,7 @@ def render_losses(folder: Path, options: Mapping[str, Any]) -> ReportSection:
                  alt=f"Line plot with three points per seed: {BEFORE}, {REMOVED}, {CONTROL}; y is validation loss.",
                  name="ln_removal_losses"),
         one_axis(draw_cost, (6.5, 2.4), "Removal cost relative to the control's loss per seed, its mean with a "
-                 f"bootstrap interval over seeds, the verdict's threshold ({threshold:.0%}, dashed) and the paper's "
+                 f"t interval over seeds, the verdict's threshold ({threshold:.0%}, dashed) and the paper's "
                  "GPT-2 small figure (dotted).",
                  alt="Dot plot of the relative removal cost per seed with the mean and interval, a dashed line at "
                      f"{threshold:.0%} and a dotted line at the paper's {data['paper_small_relative']:.1%}.",
@@ -373,7 +373,7 @@ def render_losses(folder: Path, options: Mapping[str, Any]) -> ReportSection:
                     "one stage at a time while fine-tuning, and fine-tunes a copy with LayerNorm kept for the same "
                     "steps on the same batches. The removal cost is the LayerNorm-removed model's validation loss "
                     "minus the control's (paired by seed).")
-    notes = [f"Verdict rule: agrees when the upper bound of the relative cost's {LEVEL:.0%} bootstrap interval is at "
+    notes = [f"Verdict rule: agrees when the upper bound of the relative cost's {LEVEL:.0%} t interval is at "
              f"most {threshold:.0%} of the control's loss, disagrees when its lower bound is above it, inconclusive "
              f"otherwise. The paper reports +{data['paper_small_nats']} nats for GPT-2 small on OpenWebText "
              f"(about {data['paper_small_relative']:.1%}) and +0.014 to +0.025 for medium to XL.",
@@ -382,7 +382,7 @@ def render_losses(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     return ReportSection(title=options.get("title", "Validation loss before and after removing LayerNorm"),
                          summary=summary_text, figures=figures,
                          tables=[Table("Per seed: validation loss (nats per token)", per_seed),
-                                 Table("Across seeds: mean and bootstrap interval", across)], notes=notes)
+                                 Table("Across seeds: mean and t interval", across)], notes=notes)
 
 
 def render_schedule(folder: Path, options: Mapping[str, Any]) -> ReportSection:

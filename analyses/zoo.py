@@ -7,7 +7,7 @@ removed by fine-tuning at a small loss increase (Baroni, Heimersheim et al. 2025
 nats on GPT-2).
 
 Every model is trained on several seeds (three in both modes) and validated on one fixed evaluation
-set, so the comparisons are paired differences with bootstrap intervals over seeds; the detailed
+set, so the comparisons are paired differences with Student's t intervals over seeds; the detailed
 analyses (probes, Hessian, landscapes) run on the first seed's models.
 
     normlens analyze zoo [--quick | --full] [--out reports/zoo.html]

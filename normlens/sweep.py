@@ -6,11 +6,10 @@ an interrupted one resumes. A seed sets both the model's initialization and
 the batch order; the corpus split and the evaluation set are the same for
 every run (``split_seed``, ``TrainConfig.eval_seed``), so two cells trained
 with the same seed form a pair. Differences between cells are reported as the
-mean paired difference over seeds with a bootstrap confidence interval
-(:func:`normlens.uncertainty.paired_difference_interval`; Efron & Tibshirani 1993).
-With three seeds an interval is wide and coarse (a bootstrap of three values
-has ten distinct resamples): it says how large the seed-to-seed spread is, not
-more.
+mean paired difference over seeds with a confidence interval
+(:func:`normlens.uncertainty.paired_difference_interval`: Student's t for fewer
+than 20 seeds, where a bootstrap of so few values undercovers; BCa bootstrap
+above that).
 """
 from __future__ import annotations
 

@@ -194,3 +194,29 @@ def test_the_smallest_accepted_trace_matvecs_gives_an_error_estimate():
     assert math.isfinite(result.std_error)
     assert math.isnan(estimate_trace(torch.eye(20), MIN_TRACE_MATVECS - 1).std_error)
     assert _plus_minus(float("nan")) == " (no error estimate)" and _plus_minus(0.5) == " ± 0.5"
+
+
+def test_hessian_basis_memory_spills_and_gives_the_same_eigenvalues(checkpoint, tmp_path, caplog):
+    """--basis-memory-mb 1 keeps 1 MB of each Lanczos basis in memory and memory-maps the rest: the
+    eigenvalues equal the in-memory run's, and no spill folder is left behind."""
+    import numpy as np
+
+    from normlens.io import read_npz
+
+    _refused(["hessian", checkpoint, "--basis-memory-mb", "-1", "--out", tmp_path / "bad"], "--basis-memory-mb")
+    import logging
+
+    caplog.set_level(logging.INFO, logger="normlens.curvature")
+    runs, logs = {}, {}
+    for name, extra in (("memory", []), ("spilled", ["--basis-memory-mb", "1"])):
+        out = tmp_path / name
+        caplog.clear()
+        result = runner.invoke(app, ["hessian", str(checkpoint), "--k", "2", "--n-seq", "2", "--n-ctx", "8",
+                                     "--no-blocks", "--out", str(out)] + extra)
+        assert result.exit_code == 0, result.output
+        assert not (out / "lanczos-spill").exists()
+        runs[name] = read_npz(out / "eigen.npz")["eigenvalues"]
+        logs[name] = caplog.text
+    assert "spilled to a memory-mapped file" in logs["spilled"]
+    assert "spilled" not in logs["memory"]
+    np.testing.assert_allclose(runs["spilled"], runs["memory"], rtol=1e-5)

@@ -51,3 +51,32 @@ def test_paired_difference_removes_shared_seed_noise():
     assert paired.high - paired.low < unpaired_width / 10
     with pytest.raises(ValueError, match="equal shapes"):
         paired_difference_interval([1.0, 2.0], [1.0])
+
+
+def test_few_seeds_get_students_t_interval_of_the_mean():
+    """3 values: mean ± t(0.975, 2) · s / sqrt(3), t(0.975, 2) = 4.302652729911275 (tables)."""
+    values = np.array([2.10, 2.25, 2.19])
+    iv = bootstrap_interval(values)
+    half = 4.302652729911275 * values.std(ddof=1) / np.sqrt(3)
+    assert iv.method == "t" and iv.n == 3
+    assert iv.low == pytest.approx(values.mean() - half, rel=1e-9)
+    assert iv.high == pytest.approx(values.mean() + half, rel=1e-9)
+    paired = paired_difference_interval(values + 0.1, values)
+    assert paired.method == "t" and paired.low == pytest.approx(0.1) and paired.high == pytest.approx(0.1)
+    # many values, or another statistic: the bootstrap
+    assert bootstrap_interval(np.arange(30.0)).method == "BCa"
+    assert bootstrap_interval(values, statistic=np.median).method in ("BCa", "percentile")
+    with pytest.raises(ValueError, match="interval of the mean"):
+        bootstrap_interval(values, statistic=np.median, method="t")
+
+
+def test_with_three_seeds_the_t_interval_covers_and_the_bootstrap_does_not():
+    """Normal samples of 3: the t interval covers the true mean ~95 % of the time, the percentile
+    bootstrap far less (why "auto" uses t for few values)."""
+    rng = np.random.default_rng(0)
+    samples = rng.normal(1.0, 1.0, size=(200, 3))
+    t_cover = np.mean([(iv := bootstrap_interval(s, method="t")).low <= 1.0 <= iv.high for s in samples])
+    boot_cover = np.mean([(iv := bootstrap_interval(s, method="percentile", n_resamples=499)).low <= 1.0 <= iv.high
+                          for s in samples])
+    assert 0.90 <= t_cover <= 0.99
+    assert boot_cover < 0.85

@@ -16,8 +16,8 @@
    α of each 4:1 MLP matrix minus the mean α of the square attention matrices of its layer, by
    the plain ESD (same median-xmin fit) and by FARMS; FARMS agrees when |bias| shrinks.
 
-Each comparison is paired (same seed and batch, or same seed and layer) and carries a bootstrap
-interval (:mod:`normlens.uncertainty`); outcomes are "agrees" (every compared interval on the
+Each comparison is paired (same seed and batch, or same seed and layer) and carries a
+confidence interval (:mod:`normlens.uncertainty`); outcomes are "agrees" (every compared interval on the
 claim's side of 0), "disagrees" (every one on the other side) or "inconclusive at this scale".
 """
 from __future__ import annotations

@@ -108,8 +108,8 @@ def render_summary(folder: Path, options: Mapping[str, Any]) -> ReportSection:
         "pass the bar.",
         f"Collapse: mean entropy below {data['collapse_threshold']:g} nats. Early layers: the first "
         f"{data['early_layers']} of {data['n_layers']}.",
-        "Intervals: 95 % percentile bootstrap over seeds (per model) or over per-seed differences (paired); with "
-        f"{len(data['seeds'])} seeds they show the seed-to-seed spread, no more.",
+        "Intervals: 95 % Student's t over seeds (per model) or over per-seed differences (paired), "
+        f"{len(data['seeds'])} seeds.",
         "Per-query variant (labelled, not the paper's): each query's H_i / log(i+1) averaged per head. Dividing by "
         "each query's own maximum lifts every diffuse head towards 1 — a head spread uniformly over k of the i+1 "
         "visible keys scores log k / log(i+1), and a uniform head scores exactly 1 — so the variant saturates and "
@@ -121,8 +121,8 @@ def render_summary(folder: Path, options: Mapping[str, Any]) -> ReportSection:
     return ReportSection(
         title=options.get("title", "Entropic overload: fractions of heads and perplexity over seeds"),
         summary=_settings_text(data), figures=figures,
-        tables=[Table("Per model: mean over seeds [95 % bootstrap interval]", pd.DataFrame(rows)),
-                Table("Paired by seed: mean of a − b [95 % bootstrap interval]", pd.DataFrame(pair_rows))],
+        tables=[Table("Per model: mean over seeds [95 % t interval]", pd.DataFrame(rows)),
+                Table("Paired by seed: mean of a − b [95 % t interval]", pd.DataFrame(pair_rows))],
         notes=notes)
 
 
@@ -150,7 +150,7 @@ def _fractions_figure(runs: pd.DataFrame, intervals: pd.DataFrame, keys: list[st
     axes[0].set_title("dots: seeds; diamond: mean, 95 % interval", fontsize="small")
     return Figure.from_matplotlib(
         fig, "Share of overloaded heads (mean entropy ≥ ¾·log T), of collapsed heads, and validation loss per "
-             "model: one dot per seed, the mean with its bootstrap interval over seeds beside it.",
+             "model: one dot per seed, the mean with its t interval over seeds beside it.",
         alt="Three panels of dot plots, one column per model (" + ", ".join(labels[k] for k in keys) + "): overload "
             "fraction, collapse fraction and validation loss per seed with the mean and its interval.")
 

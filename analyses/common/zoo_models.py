@@ -351,7 +351,7 @@ def _removal_cost(zoo: ZooSweep, ln_loss: dict[int, float], level: float) -> dic
 
 def zoo_seed_tables(zoo: ZooSweep, labels: dict[str, str] = LABELS, *, level: float = 0.95) -> dict[str, Any]:
     """The seeds' numbers as saved in ``training/seeds.json``: per-run final validation losses,
-    per-model means with bootstrap intervals over seeds, paired differences against LayerNorm
+    per-model means with t intervals over seeds, paired differences against LayerNorm
     (same seed, same evaluation set) and the LN removal's cost per seed."""
     from normlens.uncertainty import bootstrap_interval, paired_difference_interval
 

@@ -42,9 +42,13 @@ def run_hessian(
     blocks: bool = True,
     seed: int = 0,
     progress: bool = False,
+    max_basis_bytes: Optional[int] = None,
 ) -> ReportSection:
     """Run every Hessian analysis on ``model`` over ``tokens``; save the data, then ``report.html`` and PNGs
-    rendered from it, to ``out_dir``; return the report section."""
+    rendered from it, to ``out_dir``; return the report section.
+
+    ``max_basis_bytes``: keep at most this much of each Lanczos basis in memory and spill the rest to a
+    memory-mapped file in ``out_dir/lanczos-spill`` (removed afterwards); default: all in memory."""
     from normlens.report.build import publish_results
     from normlens.report.manifest import SectionRef, collect_provenance
 
@@ -61,15 +65,19 @@ def run_hessian(
 
     with preserved_state(model), stages:
         op = HessianOperator(model, tokens, params=params, method=method)
-        eigen = stage("eigenpairs", compute_eigenpairs(op, k, which=which, seed=seed))
+        spill = {"max_basis_bytes": max_basis_bytes, "spill_dir": out_dir / "lanczos-spill"} if max_basis_bytes else {}
+        eigen = stage("eigenpairs", compute_eigenpairs(op, k, which=which, seed=seed, **spill))
         trace = stage("trace", estimate_trace(op, trace_matvecs, seed=seed))
-        density = stage("density", estimate_density(op, n_probes=density_probes, n_steps=density_steps,
+        density = stage("density", estimate_density(op, n_probes=density_probes, n_steps=density_steps, **spill,
                                                     seed=seed))
         block = stage("blocks", (
             compute_block_spectra(model, tokens, blocks=transformer_blocks(n_layers), seed=seed, name=name)
             if blocks and n_layers is not None else None
         ))
         weights = stage("weight spectra", compute_weight_spectra(model))
+    spill_folder = out_dir / "lanczos-spill"  # the spill files are unlinked at once; the folder goes too
+    if spill_folder.is_dir() and not any(spill_folder.iterdir()):
+        spill_folder.rmdir()
     eigen.save(out_dir / "eigen.npz")
     trace.save(out_dir / "trace.npz")
     density.save(out_dir / "density.npz")
@@ -103,7 +111,8 @@ MIN_TRACE_MATVECS = 4  # Hutch++ with m products: 2·⌊m/3⌋ for the sketch, t
 HESSIAN_OUTPUT_BYTES = 32 << 20  # npz files, PNGs and the report, before the eigenvectors
 
 
-def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: str, out: Path) -> None:
+def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: str, out: Path,
+                       max_basis_bytes: Optional[int] = None) -> None:
     """Refuse --k before any product when it exceeds the parameters, the memory of the Lanczos basis
     (planned as :func:`compute_eigenpairs` will allocate it) or the disk space of the saved eigenvectors."""
     from normlens.cli.common import check_free_space, require_memory
@@ -117,10 +126,11 @@ def check_eigen_budget(model: nn.Module, params: Optional[str], k: int, which: s
     if k_total >= n:
         raise ValueError(f"--k {k} asks for {k_total} eigenpairs of a Hessian over {n} parameters; "
                          f"use --k <= {(n - 1) // 2 if which == 'both' else n - 1}")
-    plan = plan_eigenpairs(n, k, which=which, dtype=dtype, device=device)
-    require_memory(plan.memory_bytes, f"--k {k} ({plan.describe()})", "lower --k or select fewer parameters with --params",
+    plan = plan_eigenpairs(n, k, which=which, dtype=dtype, device=device, max_basis_bytes=max_basis_bytes,
+                           spill_dir=out / "lanczos-spill")
+    require_memory(plan.memory_bytes, f"--k {k} ({plan.describe()})", "lower --k, select fewer parameters with --params, or bound it with --basis-memory-mb",
                    device=device)
-    check_free_space(out, HESSIAN_OUTPUT_BYTES + 8 * n * k_total)
+    check_free_space(out, HESSIAN_OUTPUT_BYTES + 8 * n * k_total + plan.spill_bytes)
 
 
 def register(app) -> None:
@@ -142,6 +152,8 @@ def register(app) -> None:
         density_steps: int = typer.Option(40, help="Lanczos steps per SLQ probe."),
         blocks: bool = typer.Option(True, help="Per-block top eigenvalues."),
         seed: int = typer.Option(0, help="Seed of every random vector and the data windows."),
+        basis_memory_mb: int = typer.Option(0, "--basis-memory-mb", help="Keep at most this many MB of each "
+                                            "Lanczos basis in memory, the rest memory-mapped under --out (0: all in memory)."),
     ) -> None:
         """Hessian spectra (top-k, trace, density, per-block, weight ESDs) of a model."""
         from normlens.cli.common import check_output_folder, run_or_exit
@@ -153,6 +165,9 @@ def register(app) -> None:
                 raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
             if k < 1 or n_seq < 1 or n_ctx == 1 or n_ctx < 0:
                 raise ValueError(f"--k and --n-seq must be >= 1 and --n-ctx >= 2 (or 0), got {k}, {n_seq}, {n_ctx}")
+            if basis_memory_mb < 0:
+                raise ValueError(f"--basis-memory-mb must be >= 0 (0: the whole basis in memory), got {basis_memory_mb}")
+            basis_bytes = basis_memory_mb * (1 << 20) or None
             if trace_matvecs < MIN_TRACE_MATVECS:
                 raise ValueError(
                     f"--trace-matvecs must be at least {MIN_TRACE_MATVECS}, got {trace_matvecs}: Hutch++ spends "
@@ -169,12 +184,12 @@ def register(app) -> None:
             ctx = n_ctx or min(DEFAULT_N_CTX, model_ctx)
             if not 2 <= ctx <= model_ctx:
                 raise ValueError(f"--n-ctx {ctx} must lie in 2..{model_ctx} for this model")
-            check_eigen_budget(model, params, k, which, out)
+            check_eigen_budget(model, params, k, which, out, basis_bytes)
             tokens = eval_windows(corpus_for_model(model, seed=seed), n_seq=n_seq, n_ctx=ctx, seed=seed)
             return run_hessian(model, tokens, out, name=spec, k=k, which=which, params=params,
                                method=method, trace_matvecs=trace_matvecs,
                                density_probes=density_probes, density_steps=density_steps,
-                               blocks=blocks, seed=seed, progress=True)
+                               blocks=blocks, seed=seed, progress=True, max_basis_bytes=basis_bytes)
 
         section = run_or_exit(job)
         typer.echo(section.summary)

@@ -68,7 +68,7 @@ def plot_paired_differences(rows: Sequence[dict], ax: plt.Axes | None = None, *,
             ax.plot([estimate], [y], "D", color="k", ms=6, label="mean (no interval)" if y == 0 else None)
     ax.set_yticks(range(len(rows)), [str(row.get("label", "")) for row in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    what = f" (mean, {float(level):.0%} bootstrap interval over seeds)" if level else ""
+    what = f" (mean, {float(level):.0%} interval over seeds)" if level else ""
     ax.set_xlabel(f"final validation loss minus {baseline or 'baseline'}, same seed (nats){what}")
     ax.legend(fontsize=8, loc="best")
     return ax

@@ -62,7 +62,9 @@ def test_every_seed_is_validated_on_one_fixed_set_and_paired_differences_follow(
     for pair in seeds["paired"]:
         diffs = [losses[pair["name"], s] - losses["ln", s] for s in (0, 1, 2)]
         assert pair["n"] == 3 and pair["estimate"] == pytest.approx(np.mean(diffs), abs=1e-5)
-        assert min(diffs) - 1e-5 <= pair["low"] <= pair["estimate"] <= pair["high"] <= max(diffs) + 1e-5
+        half = 4.302652729911275 * np.std(diffs, ddof=1) / np.sqrt(3)  # Student's t(0.975, 2), 3 seeds
+        assert pair["low"] == pytest.approx(np.mean(diffs) - half, abs=1e-5)
+        assert pair["high"] == pytest.approx(np.mean(diffs) + half, abs=1e-5)
     cost = seeds["removal_cost"]
     assert cost["baseline"] in ("before", "control") and cost["n"] == 3
     if cost["baseline"] == "before":  # no LayerNorm-kept control on this branch: the fixed-set difference

@@ -110,7 +110,7 @@ def _seed_parts(seeds: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[l
             lambda ax: plot_paired_differences(paired, ax=ax, baseline=baseline, band=band,
                                                band_label=options.get("band_label", "")),
             (8, 0.9 + 0.6 * len(paired)),
-            f"Final validation loss minus {baseline}'s, per seed (dots) and mean with its {level:.0%} bootstrap "
+            f"Final validation loss minus {baseline}'s, per seed (dots) and mean with its {level:.0%} "
             f"interval over {n_seeds} seeds (diamond and bar)" + (f"; shaded: ±{band:g} nats" if band else "") + ".",
             alt=f"Dot plot of each model's paired difference in final validation loss against {baseline}, one row "
                 "per model: " + ", ".join(r["label"] for r in paired) + ".", name="paired"))
@@ -118,8 +118,8 @@ def _seed_parts(seeds: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[l
     notes = [f"Seeds {', '.join(map(str, seeds.get('seeds', [])))}: a seed sets a model's initial weights and its batch "
              f"order; every run is validated on the same {ev.get('eval_seqs', '?')} windows of {ev.get('n_ctx', '?')} "
              f"tokens of the validation split (evaluation seed {ev.get('eval_seed', '?')}, independent of the training "
-             "seed), so runs with the same seed form pairs. With few seeds a bootstrap interval is coarse: it shows "
-             "the seed-to-seed spread, not more.",
+             "seed), so runs with the same seed form pairs. Intervals of means over fewer than 20 values are "
+             "Student's t intervals (a bootstrap of so few values undercovers).",
              f"The curves above and the detailed analyses (probes, Hessian, landscapes) use seed "
              f"{seeds.get('detail_seed', '?')} only."]
     cost = seeds.get("removal_cost")
