@@ -172,7 +172,7 @@ def plot_angular_heatmap(result, ax=None, title: str = "") -> plt.Axes:
 def plot_block_effectiveness(result, ax=None, title: str = "", value: str = "skip_loss_delta",
                              frame: pd.DataFrame | None = None) -> plt.Axes:
     """Per block of an EffectivenessResult: ``value`` ("skip_loss_delta" or "angular_in_out") with its
-    bootstrap interval over sequences as error bars, and a line at zero change.
+    interval over sequences as error bars, and a line at zero change.
 
     ``frame``: the saved ``result.interval_frame()``, so the bootstrap is not redone (``result`` may
     then be None).
@@ -194,7 +194,7 @@ def plot_block_effectiveness(result, ax=None, title: str = "", value: str = "ski
     _integer_x(ax)
     ax.set_ylabel({"skip_loss_delta": "loss change when skipped (nats)",
                    "angular_in_out": "angular distance in→out"}[value])
-    ax.set_title(title or f"95 % bootstrap intervals over {int(frame.n_sequences.max()) if len(frame) else 0} sequences",
+    ax.set_title(title or f"95 % intervals over {int(frame.n_sequences.max()) if len(frame) else 0} sequences",
                  fontsize="small")
     return ax
 

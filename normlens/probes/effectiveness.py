@@ -186,9 +186,10 @@ class EffectivenessResult:
                              "skip_loss_delta": self.skip_delta,
                              "grad_norm": [float(per_layer.get(l, np.nan)) for l in range(L)]})
 
-    def interval_frame(self, *, level: float = 0.95, n_resamples: int = 2000, method: str = "BCa",
+    def interval_frame(self, *, level: float = 0.95, n_resamples: int = 2000, method: str = "auto",
                        seed: int = 0) -> pd.DataFrame:
-        """Per block: angular in/out distance and skip-loss change with bootstrap intervals over sequences.
+        """Per block: angular in/out distance and skip-loss change with intervals of the mean over sequences
+        (``method`` as :func:`normlens.uncertainty.bootstrap_interval`: Student's t below 20 sequences, BCa above).
 
         Columns ``angular_in_out``, ``angular_low``, ``angular_high``,
         ``skip_loss_delta``, ``skip_low``, ``skip_high``, ``n_sequences``

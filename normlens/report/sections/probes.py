@@ -319,7 +319,7 @@ def render_probes(folder: Path, options: Mapping[str, Any]) -> ReportSection:
                       f"Heatmaps of the angular distance between residual-stream depths, one per model: {listed}."),
             per_model(lambda n, ax, title: plot_block_effectiveness(
                           None, ax=ax, title=title, frame=blocks[blocks.model == n].reset_index(drop=True)),
-                      "Loss change when each block is skipped (output := input), with 95 % bootstrap intervals over "
+                      "Loss change when each block is skipped (output := input), with 95 % intervals of the mean over "
                       "sequences; the dotted line is no change.",
                       f"Error-bar plots of the loss change per skipped block, one panel per model: {listed}."),
             one_axis(lambda ax: len(linear) and plot_probe_accuracy(linear_fig, ax=ax), (6, 3.6),
@@ -332,7 +332,8 @@ def render_probes(folder: Path, options: Mapping[str, Any]) -> ReportSection:
                          "not averaged in.")
         metrics = paper["attention_metrics"]
         level = float(metrics.level.iloc[0]) if "level" in metrics and len(metrics) else 0.95
-        notes.append(f"Intervals: {level:.0%} bootstrap over the {int(metrics.n_sequences.max())} probed sequences. "
+        notes.append(f"Intervals: {level:.0%}, over the {int(metrics.n_sequences.max())} probed sequences (per-head "
+                     "fractions: bootstrap; means of per-sequence values: Student's t below 20 sequences, BCa above). "
                      "The 'old' columns are the per-query variants this toolkit reported before: they are not the "
                      "papers' quantities (the per-query normalization lifts every diffuse head above 3/4, and "
                      "counting single queries of every position makes query 0 count as a sink).")
