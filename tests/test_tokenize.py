@@ -149,3 +149,23 @@ def _embedded_text():
     from normlens.data.corpus import embedded_text
 
     return embedded_text()
+
+
+@pytest.mark.parametrize("verb,options", [
+    ("probe", ["--n-seq", "2", "--n-ctx", "16"]),
+    ("hessian", ["--k", "2", "--n-seq", "2", "--n-ctx", "16", "--no-blocks", "--trace-matvecs", "6",
+                 "--density-probes", "1", "--density-steps", "6"]),
+    ("landscape", ["--resolution", "3", "--n-seq", "2", "--n-ctx", "16"]),
+])
+def test_cli_verbs_run_end_to_end_on_a_local_gpt2_with_its_tokenizer(verb, options, gpt2_with_tokenizer, tmp_path):
+    """A GPT-2 saved with save_pretrained (and its tokenizer) goes through each verb to its report."""
+    from typer.testing import CliRunner
+
+    from normlens.cli import app
+
+    folder, _ = gpt2_with_tokenizer
+    out = tmp_path / verb
+    result = CliRunner().invoke(app, [verb, str(folder), "--out", str(out)] + options)
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file() and (out / "manifest.json").is_file()
+    assert str(folder) in (out / "report.html").read_text()
