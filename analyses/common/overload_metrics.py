@@ -86,8 +86,16 @@ def run_metrics(result: AttentionEntropyResult | None, n_layers: int, val_loss: 
     return {name: out[name] for name in RUN_METRICS}
 
 
-def _interval_columns(interval: Interval) -> dict[str, float | int | str]:
-    return {"estimate": interval.estimate, "low": interval.low, "high": interval.high, "n": interval.n,
+FRACTIONS = ("overload_fraction", "early_overload_fraction", "collapse_fraction", "overload_fraction_normalized")
+
+
+def _interval_columns(interval: Interval, bounds: tuple[float, float] | None = None) -> dict[str, float | int | str]:
+    """The interval's columns; with ``bounds`` (a fraction's [0, 1], or [-1, 1] for a difference of two)
+    the t interval is truncated to the values the quantity can take."""
+    low, high = interval.low, interval.high
+    if bounds is not None and np.isfinite(low) and np.isfinite(high):
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"estimate": interval.estimate, "low": low, "high": high, "n": interval.n,
             "level": interval.level, "method": interval.method}
 
 
@@ -100,7 +108,8 @@ def model_intervals(runs: pd.DataFrame, models: Sequence[str], metrics: Iterable
         for metric in metrics:
             interval = bootstrap_interval(part[metric].to_numpy(np.float64), level=level, seed=seed,
                                           method=INTERVAL_METHOD)
-            rows.append({"model": model, "metric": metric, **_interval_columns(interval)})
+            rows.append({"model": model, "metric": metric,
+                         **_interval_columns(interval, (0.0, 1.0) if metric in FRACTIONS else None)})
     return pd.DataFrame(rows, columns=["model", "metric", "estimate", "low", "high", "n", "level", "method"])
 
 
@@ -128,7 +137,8 @@ def paired_comparisons(runs: pd.DataFrame, pairs: Sequence[tuple[str, str]],
         for metric in metrics:
             x, y, seeds = paired_values(runs, a, b, metric)
             interval = paired_difference_interval(x, y, level=level, seed=seed, method=INTERVAL_METHOD)
-            rows.append({"a": a, "b": b, "metric": metric, **_interval_columns(interval),
+            rows.append({"a": a, "b": b, "metric": metric,
+                         **_interval_columns(interval, (-1.0, 1.0) if metric in FRACTIONS else None),
                          "n_seeds": len(seeds), "excludes_zero": interval.excludes(0.0)})
     return pd.DataFrame(rows, columns=["a", "b", "metric", "estimate", "low", "high", "n", "level", "method",
                                        "n_seeds", "excludes_zero"])
@@ -180,6 +190,6 @@ def verdict_word(interval: Mapping[str, float], *, positive_agrees: bool = True)
     return "is inconclusive"
 
 
-__all__ = ["INTERVAL_METHOD", "PAIRED_METRICS", "RUN_METRICS", "bucket_table", "early_layers", "head_table",
+__all__ = ["FRACTIONS", "INTERVAL_METHOD", "PAIRED_METRICS", "RUN_METRICS", "bucket_table", "early_layers", "head_table",
            "model_intervals", "paired_comparisons", "paired_values", "run_metrics", "training_heads",
            "training_summaries", "uniform_head_ratio", "verdict_word"]

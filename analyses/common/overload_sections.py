@@ -109,7 +109,7 @@ def render_summary(folder: Path, options: Mapping[str, Any]) -> ReportSection:
         f"Collapse: mean entropy below {data['collapse_threshold']:g} nats. Early layers: the first "
         f"{data['early_layers']} of {data['n_layers']}.",
         "Intervals: 95 % Student's t over seeds (per model) or over per-seed differences (paired), "
-        f"{len(data['seeds'])} seeds.",
+        f"{len(data['seeds'])} seeds; for fractions of heads truncated to [0, 1] (differences: [-1, 1]).",
         "Per-query variant (labelled, not the paper's): each query's H_i / log(i+1) averaged per head. Dividing by "
         "each query's own maximum lifts every diffuse head towards 1 — a head spread uniformly over k of the i+1 "
         "visible keys scores log k / log(i+1), and a uniform head scores exactly 1 — so the variant saturates and "

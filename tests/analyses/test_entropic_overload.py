@@ -324,3 +324,20 @@ def test_diverged_runs_are_recorded_and_reported(tmp_path):
     text = out.read_text()
     assert "diverged" in text and "could not be rendered" not in text
     assert study.verdict(tmp_path / "r_data").startswith("Inconclusive: fewer than two seeds")
+
+
+def test_fraction_intervals_stay_within_what_a_fraction_can_take():
+    """Three seeds with overload fractions 0, 0 and 0.25: the t interval (mean ± t·s/√3) reaches below 0;
+    the reported interval is truncated to [0, 1], the loss interval is not."""
+    import pandas as pd
+
+    from analyses.common.overload_metrics import model_intervals
+
+    runs = pd.DataFrame({"model": ["m"] * 3, "seed": [0, 1, 2], "overload_fraction": [0.0, 0.0, 0.25],
+                         "val_loss": [2.0, 2.1, 2.6]})
+    frame = model_intervals(runs, ["m"], ["overload_fraction", "val_loss"]).set_index("metric")
+    half = 4.302652729911275 * np.std([0.0, 0.0, 0.25], ddof=1) / np.sqrt(3)
+    assert 0.25 / 3 - half < 0  # the raw t interval leaves [0, 1]
+    assert frame.loc["overload_fraction", "low"] == 0.0
+    assert frame.loc["overload_fraction", "high"] == pytest.approx(0.25 / 3 + half)
+    assert frame.loc["val_loss", "low"] < 2.0  # not a fraction: not truncated
