@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.results import Row  # noqa: E402
+from normlens.resources import available_memory  # noqa: E402
 
 MB = 1 << 20
 ROWS = ("forward", "cache", "probes", "hvp", "eigen", "landscape")
@@ -65,16 +66,6 @@ def _status_kb(field: str) -> int | None:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
@@ -221,7 +212,7 @@ def run(quick: bool = False, device: str | None = None, skip: tuple[str, ...] = 
             tokens = _tokens(n, vocab, dev)
             row(f"forward@{n}", lambda: measure(lambda: _forward(model, tokens) is not None, dev, repeats,
                                                  lambda: _forward(model, short)))
-            available = _available_bytes() if dev.type == "cpu" else torch.cuda.mem_get_info()[0]
+            available = available_memory(dev)
             need = _cache_bytes(model, n)
             if available is not None and need * 1.5 > available:
                 if "cache" not in skip:

@@ -73,9 +73,7 @@ _PRESETS: dict[str, Callable[[ParamInfo], bool]] = {
 PRESETS = tuple(_PRESETS)
 
 
-def layer_pattern(layer: int) -> str:
-    """Regex selecting every parameter of block ``layer``."""
-    return layer_params(layer)
+layer_pattern = layer_params  # the regex selecting every parameter of block ``layer`` (one home: sites)
 
 
 def select_parameters(model: nn.Module, params: ParamSelector = None, *,

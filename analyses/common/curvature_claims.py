@@ -162,14 +162,12 @@ def judge_smoothing(units: Mapping[str, Any]) -> ClaimResult:
     """Claim 1 (Li et al. 2018): the random filter-normalized plane is sharper without normalization."""
     paper, claim = "Li et al. 2018", "normalization smooths the filter-normalized landscape"
     c = _comparison(units, "landscape", "sharpness_random")
-    table, intervals, normalized, outcome = c.table, c.intervals, c.normalized, c.outcome
-    reference, means, ref_mean, n_seeds = c.reference, c.means, c.ref_mean, c.n_seeds
-    detail = (f"within radius {units.get('radius', 1.0):g} of the model the random plane rises {_fmt(ref_mean)} nats "
-              f"with {reference} vs "
-              + " and ".join(f"{_fmt(means[_label(units, m)])} with {_label(units, m)}" for m in normalized)
-              + ", differences " + " and ".join(_interval_text(intervals[m]) for m in normalized)
-              + f" nats ({_design(units, n_seeds)})")
-    return ClaimResult("smoothing", paper, claim, outcome, detail, table)
+    detail = (f"within radius {units.get('radius', 1.0):g} of the model the random plane rises {_fmt(c.ref_mean)} nats "
+              f"with {c.reference} vs "
+              + " and ".join(f"{_fmt(c.means[_label(units, m)])} with {_label(units, m)}" for m in c.normalized)
+              + ", differences " + " and ".join(_interval_text(c.intervals[m]) for m in c.normalized)
+              + f" nats ({_design(units, c.n_seeds)})")
+    return ClaimResult("smoothing", paper, claim, c.outcome, detail, c.table)
 
 
 def judge_random_axes(units: Mapping[str, Any]) -> ClaimResult:
@@ -177,17 +175,15 @@ def judge_random_axes(units: Mapping[str, Any]) -> ClaimResult:
     paper = "the LLA paper"
     claim = "random axes understate sharpness more when normalization layers are present"
     c = _comparison(units, "ratio", "ratio")
-    table, intervals, normalized, outcome = c.table, c.intervals, c.normalized, c.outcome
-    reference, means, ref_mean, n_seeds = c.reference, c.means, c.ref_mean, c.n_seeds
     detail = ("a random filter-normalized axis sees dᵀHd/dᵀd = "
-              + " and ".join(f"{_fmt(means[_label(units, m)])} of λmax with {_label(units, m)}" for m in normalized)
-              + f" vs {_fmt(ref_mean)} with {reference} (reference minus model "
-              + " and ".join(_interval_text(intervals[m]) for m in normalized)
-              + f"; {_design(units, n_seeds)})")
+              + " and ".join(f"{_fmt(c.means[_label(units, m)])} of λmax with {_label(units, m)}" for m in c.normalized)
+              + f" vs {_fmt(c.ref_mean)} with {c.reference} (reference minus model "
+              + " and ".join(_interval_text(c.intervals[m]) for m in c.normalized)
+              + f"; {_design(units, c.n_seeds)})")
     unconverged = units.get("unconverged", [])
     if unconverged:
         detail += f" (Lanczos short of its tolerance for {len(unconverged)} of {units.get('n_models', '?')} models)"
-    return ClaimResult("random_axes", paper, claim, outcome, detail, table)
+    return ClaimResult("random_axes", paper, claim, c.outcome, detail, c.table)
 
 
 def aspect_bias(rows: Sequence[Mapping[str, Any]], fit: str) -> tuple[np.ndarray, list[tuple]]:

@@ -10,7 +10,6 @@ from typing import Any
 from normlens.models.norms import NORM_KINDS
 
 PLACEMENTS = ("pre", "post", "mix", "scaled")
-SLOT_FAMILIES = ("attn", "mlp", "final")
 
 # DyT's initial alpha per slot kind when a config sets none (see ZooConfig). The DyT paper's
 # default is 0.5 everywhere (its non-LLM models); at the demo size (2 layers, d_model 64, ctx 64,

@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from normlens.io import write_text
 from normlens.report.section import ReportSection, Table
+from normlens.resources import format_bytes
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,6 @@ class Provenance:
     config_json: str = ""
     wall: list[tuple[str, str]] = field(default_factory=list)
     files: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-def _size(n_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    return f"{n_bytes} B"
 
 
 def relative_link(target: str | Path, html_path: str | Path | None) -> str:
@@ -67,7 +60,7 @@ def provenance_view(manifest: Mapping[str, Any], folder: str | Path,
             ("run ended", str(manifest.get("created", "?"))),
             ("results folder", os.path.abspath(folder))]
     wall = [(str(k), f"{float(v):.1f} s") for k, v in (prov.get("wall_seconds") or {}).items()]
-    files = [(str(f["path"]), relative_link(Path(folder) / f["path"], html_path), _size(int(f.get("bytes", 0))))
+    files = [(str(f["path"]), relative_link(Path(folder) / f["path"], html_path), format_bytes(int(f.get("bytes", 0))))
              for f in manifest.get("files", [])]
     config = json.dumps(prov.get("config") or {}, indent=1, sort_keys=False, allow_nan=True)
     return Provenance(rows=rows, config_json=config, wall=wall, files=files)
