@@ -295,7 +295,7 @@ def _interval(values: Sequence[float] | np.ndarray, level: float, seed: int, n_r
     from normlens.uncertainty import bootstrap_interval
 
     iv = bootstrap_interval(np.asarray(values, np.float64), level=level, seed=seed, n_resamples=n_resamples)
-    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "method": iv.method}
+    return iv.to_dict()
 
 
 def _band(stack: np.ndarray) -> dict[str, list[float]]:

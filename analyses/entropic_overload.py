@@ -305,9 +305,6 @@ class EntropicOverloadStudy(BaseStudy):
 
 # -- the verdict ----------------------------------------------------------------------------------------
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.0f} %" if math.isfinite(value) else "n/a"
-
 
 def _interval_text(row: Mapping[str, Any], scale: float = 100.0, unit: str = " %", signed: bool = False,
                    digits: int = 0) -> str:

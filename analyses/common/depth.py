@@ -30,7 +30,6 @@ from normlens.probes.effectiveness import angular_distances_per_sequence, comput
 from normlens.probes.norm_probes import residual_growth
 
 # arrays of one run, saved as NPZ (shapes: L layers, n_seq held-out sequences, R training records)
-ARRAY_KEYS = ("variance", "rms", "angular", "angular_matrix", "base_loss", "skip_delta", "grad_norm_end")
 
 
 def layer_grad_norms(model: nn.Module, tokens: torch.Tensor, n_layers: int) -> np.ndarray:

@@ -324,11 +324,6 @@ def sweep_zoo(settings: ZooSettings, splits: TokenSplits, models_dir: Path, *, s
     return zoo
 
 
-def _interval_row(interval) -> dict[str, Any]:
-    return {"estimate": interval.estimate, "low": interval.low, "high": interval.high, "level": interval.level,
-            "n": interval.n, "method": interval.method}
-
-
 def _removal_cost(zoo: ZooSweep, ln_loss: dict[int, float], level: float) -> dict[str, Any]:
     """LN removal's cost per seed with an interval over seeds: against the LayerNorm-kept control
     when the removal records one (``gap_to_control``), else against the model before removal
@@ -346,7 +341,7 @@ def _removal_cost(zoo: ZooSweep, ln_loss: dict[int, float], level: float) -> dic
         baseline, label = "before", "the LayerNorm model before removal (no LayerNorm-kept control recorded)"
     interval = bootstrap_interval(values, level=level, seed=0)
     return {"baseline": baseline, "baseline_label": label, "seeds": seeds, "values": values,
-            **_interval_row(interval)}
+            **interval.to_dict()}
 
 
 def zoo_seed_tables(zoo: ZooSweep, labels: dict[str, str] = LABELS, *, level: float = 0.95) -> dict[str, Any]:
@@ -372,7 +367,7 @@ def zoo_seed_tables(zoo: ZooSweep, labels: dict[str, str] = LABELS, *, level: fl
     for name, group in frame.groupby("name", sort=False):
         interval = bootstrap_interval(group.final_val_loss.to_numpy(float), level=level, seed=0)
         summary.append({"name": name, "label": labels.get(name, name), "n_runs": len(group),
-                        "n_diverged": int(group.diverged.sum()), **_interval_row(interval)})
+                        "n_diverged": int(group.diverged.sum()), **interval.to_dict()})
         if name == BASELINE or not ln_loss:
             continue
         seeds = [s for s in group.seed if s in ln_loss]
@@ -383,7 +378,7 @@ def zoo_seed_tables(zoo: ZooSweep, labels: dict[str, str] = LABELS, *, level: fl
         paired.append({"name": name, "label": labels.get(name, name), "baseline": BASELINE,
                        "baseline_label": labels.get(BASELINE, BASELINE), "seeds": [int(s) for s in seeds],
                        "values": [x - y for x, y in zip(a, b)], "n_seeds": len(seeds),
-                       "excludes_zero": interval.excludes(0.0), **_interval_row(interval)})
+                       "excludes_zero": interval.excludes(0.0), **interval.to_dict()})
     return {"seeds": list(zoo.seeds), "detail_seed": zoo.seeds[0], "baseline": BASELINE, "level": level,
             "eval": dict(zoo.eval), "runs": rows, "summary": summary, "paired": paired,
             "removal": [{"seed": s, **{k: getattr(r, k, math.nan) for k in

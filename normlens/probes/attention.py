@@ -376,16 +376,6 @@ class AttentionEntropyResult:
                                            "first_token_mass", "overloaded", "collapsed", "sink",
                                            "overloaded_normalized", "state", "n_queries"])
 
-    def layer_frame(self) -> pd.DataFrame:
-        """Per layer: overload and collapse fractions, sink rate, mean entropy ratio (over its heads)."""
-        heads = self.head_frame()
-        defined = heads[heads.state != "undefined"]
-        out = defined.groupby("layer", as_index=False).agg(
-            overload_fraction=("overloaded", "mean"), collapse_fraction=("collapsed", "mean"),
-            sink_rate=("sink", "mean"), mean_entropy_ratio=("entropy_ratio", "mean"),
-            mean_first_token_mass=("first_token_mass", "mean"))
-        return out
-
     def to_frame(self) -> pd.DataFrame:
         """Tidy: one row per (layer, head, pos) with mean entropy, normalized entropy, first-token mass."""
         L, H, P = self.count.shape
@@ -401,11 +391,6 @@ class AttentionEntropyResult:
                 "n_queries": self.count.ravel().astype(np.int64),
             })
         return frame[frame.n_queries > 0].reset_index(drop=True)
-
-    def mean_entropy(self) -> np.ndarray:
-        """(layers, heads, pos) mean entropy per query position (NaN where no query)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.entropy_sum / np.where(self.count > 0, self.count, np.nan)
 
     def bucket_frame(self) -> pd.DataFrame:
         """Per (layer, head, position bucket): the distribution of H / log(n visible keys).
